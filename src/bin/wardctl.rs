@@ -1,0 +1,225 @@
+//! wardctl: the operator and tenant command line for Warden appliances.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use warden::client::{self, Client};
+use warden_attest::binding::Nonce;
+use warden_attest::verify::Check;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wardctl",
+    version,
+    about = "Talk to Warden appliances: verify them, inspect them"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug)]
+struct Conn {
+    /// Appliance API, e.g. https://192.0.2.10:8443
+    #[arg(long, env = "WARDEN_URL")]
+    url: String,
+    /// CA certificate (PEM) the appliance's TLS certificate must chain to.
+    #[arg(long, env = "WARDEN_CA")]
+    ca: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Verify an appliance: send a fresh nonce, check its TPM evidence against reference values.
+    Attest {
+        #[command(flatten)]
+        conn: Conn,
+        /// Reference values (TOML; see docs/attestation.md).
+        #[arg(long)]
+        reference: PathBuf,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an appliance's identity (AK, EK certificate, TLS key, result key).
+    Identity {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Reference values.
+    Reference {
+        #[command(subcommand)]
+        command: ReferenceCommand,
+    },
+    /// Certificates for demos and tests.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReferenceCommand {
+    /// Record a known-good appliance's current state as reference values (trust on first use).
+    Capture {
+        #[command(flatten)]
+        conn: Conn,
+        /// Where to write the reference values.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PkiCommand {
+    /// Write a demo CA, a server certificate and an operator client certificate into DIR.
+    Demo {
+        #[arg(long)]
+        out: PathBuf,
+        /// Server names (DNS or IP) besides 127.0.0.1 and localhost.
+        #[arg(long)]
+        name: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wardctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wardctl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Attest {
+            conn,
+            reference,
+            json,
+        } => attest(conn, reference, json).await,
+        Command::Identity { conn } => {
+            let id = Client::new(&conn.url, &conn.ca)?.identity().await?;
+            println!("{}", serde_json::to_string_pretty(&id)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reference {
+            command: ReferenceCommand::Capture { conn, out },
+        } => {
+            let client = Client::new(&conn.url, &conn.ca)?;
+            let reference = client::capture_reference(&client, None).await?;
+            std::fs::write(&out, reference.to_toml())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote reference values for {} PCRs and {} appliance events to {}",
+                reference.pcrs.len() + 1,
+                reference.appliance_events.len(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pki {
+            command: PkiCommand::Demo { out, name },
+        } => {
+            let pki = warden::pki::generate_demo_pki(&out, &name)?;
+            println!(
+                "wrote CA, server and operator certificates to {}",
+                pki.dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+const ALL_CHECKS: [Check; 16] = [
+    Check::Decode,
+    Check::AkAttributes,
+    Check::AkPin,
+    Check::SignatureScheme,
+    Check::Signature,
+    Check::Magic,
+    Check::AttestType,
+    Check::Binding,
+    Check::PcrBank,
+    Check::PcrSelection,
+    Check::PcrValues,
+    Check::PcrDigest,
+    Check::Clock,
+    Check::ApplianceLog,
+    Check::EventLog,
+    Check::ReferenceValues,
+];
+
+async fn attest(conn: Conn, reference: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
+    let reference = client::load_reference(&reference)?;
+    let client = Client::new(&conn.url, &conn.ca)?;
+    let nonce = Nonce::random()?;
+    let fetched = client.evidence(&nonce, Some(reference.selection())).await?;
+    let outcome = client::verify_fetched(&fetched, nonce, &reference);
+    if json {
+        let v = match &outcome {
+            Ok(v) => serde_json::json!({
+                "verdict": "pass",
+                "ak_name": hex::encode(&v.ak_name),
+                "pcr_digest": hex::encode(&v.pcr_digest),
+                "reset_count": v.clock.reset_count,
+                "appliance_events": v.appliance_log,
+            }),
+            Err(r) => serde_json::json!({
+                "verdict": "fail",
+                "failures": r.failures.iter().map(|f| serde_json::json!({
+                    "check": f.check().name(), "message": f.to_string()
+                })).collect::<Vec<_>>(),
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("appliance  {}", conn.url);
+        match &outcome {
+            Ok(v) => {
+                println!("ak         {}", hex::encode(&v.ak_name));
+                println!(
+                    "pcrs       {} ({} quoted, digest {})",
+                    v.bank,
+                    v.pcrs.len(),
+                    hex::encode(&v.pcr_digest)
+                );
+                for e in &v.appliance_log {
+                    println!("measured   {} {}", e.kind, e.detail);
+                }
+                for c in ALL_CHECKS {
+                    println!("  ok  {}", c.name());
+                }
+                println!("verdict    PASS: the appliance is in a state the reference values allow");
+            }
+            Err(r) => {
+                for f in &r.failures {
+                    println!("  FAIL [{}] {f}", f.check().name());
+                }
+                println!(
+                    "verdict    FAIL: {} check(s) failed; do not trust this appliance",
+                    r.failures.len()
+                );
+            }
+        }
+    }
+    Ok(if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,206 @@
+//! The tenant side of attestation, used by `wardctl`: fetch evidence over TLS with a fresh
+//! nonce, bind it to the TLS key actually seen, and verify it with the same pure verifier a
+//! tenant embeds.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use warden_attest::binding::{purpose, FreshNonce, Nonce};
+use warden_attest::evidence::{Evidence, MAX_EVIDENCE_BYTES};
+use warden_attest::reference::{AllowedApplianceEvent, ReferenceValues};
+use warden_attest::tpm2::Public;
+use warden_attest::verify::{self, Expected, Rejected, Verified};
+use warden_attest::HashAlg;
+
+use crate::tls;
+use crate::wire::{AttestationRequest, ErrorBody, Identity};
+
+/// Largest non-evidence response wardctl reads.
+const MAX_RESPONSE: usize = 1024 * 1024;
+
+/// An HTTPS client for one appliance.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Evidence as fetched, with the TLS key of the server that sent it.
+#[derive(Debug)]
+pub struct Fetched {
+    pub evidence: Evidence,
+    pub server_spki: Vec<u8>,
+}
+
+impl Client {
+    /// A client for `url` (e.g. `https://127.0.0.1:8443`) trusting only the CA in `ca_pem`.
+    pub fn new(url: &str, ca_pem: &Path) -> anyhow::Result<Self> {
+        if !url.starts_with("https://") {
+            bail!("--url must be an https:// URL, got {url:?}");
+        }
+        Ok(Client {
+            http: tls::client(ca_pem)?,
+            base: url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| {
+            anyhow::anyhow!("{what}: cannot reach {}: {}", self.base, error_chain(&e))
+        })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = read_limited(resp, MAX_RESPONSE).await.unwrap_or_default();
+            let msg = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            bail!("{what}: the appliance answered {status}: {msg}");
+        }
+        Ok(resp)
+    }
+
+    pub async fn identity(&self) -> anyhow::Result<Identity> {
+        let resp = self
+            .send(
+                self.http.get(format!("{}/v1/identity", self.base)),
+                "identity",
+            )
+            .await?;
+        let body = read_limited(resp, MAX_RESPONSE).await?;
+        serde_json::from_slice(&body).context("identity: malformed response")
+    }
+
+    /// `POST /v1/attestation` with `nonce`.
+    pub async fn evidence(&self, nonce: &Nonce, pcrs: Option<Vec<u8>>) -> anyhow::Result<Fetched> {
+        let req = AttestationRequest {
+            nonce: B64.encode(nonce.as_bytes()),
+            pcrs,
+        };
+        let resp = self
+            .send(
+                self.http
+                    .post(format!("{}/v1/attestation", self.base))
+                    .json(&req),
+                "attestation",
+            )
+            .await?;
+        let cert = resp
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate())
+            .map(<[u8]>::to_vec)
+            .context("attestation: the TLS session exposed no server certificate")?;
+        let server_spki = tls::spki_of_cert_der(&cert)?;
+        let body = read_limited(resp, MAX_EVIDENCE_BYTES).await?;
+        let evidence = Evidence::from_json(&body).context("attestation: malformed evidence")?;
+        Ok(Fetched {
+            evidence,
+            server_spki,
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+async fn read_limited(mut resp: reqwest::Response, max: usize) -> anyhow::Result<Vec<u8>> {
+    if resp.content_length().is_some_and(|l| l > max as u64) {
+        bail!("response larger than {max} bytes");
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > max {
+            bail!("response larger than {max} bytes");
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Verify fetched evidence for `nonce` against `reference`, bound to the TLS key seen.
+pub fn verify_fetched(
+    fetched: &Fetched,
+    nonce: Nonce,
+    reference: &ReferenceValues,
+) -> Result<Verified, Rejected> {
+    verify::verify(
+        &fetched.evidence,
+        Expected {
+            nonce: FreshNonce::issued_just_now(nonce),
+            purpose: purpose::TENANT_API,
+            bound_key: &fetched.server_spki,
+            reference,
+            previous: None,
+        },
+    )
+}
+
+/// Load a reference-values file with errors that name it.
+pub fn load_reference(path: &Path) -> anyhow::Result<ReferenceValues> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read reference values", path.display()))?;
+    ReferenceValues::from_toml(&text)
+        .with_context(|| format!("{}: invalid reference values", path.display()))
+}
+
+/// Trust on first use: build reference values from what a known-good appliance reports now.
+/// The evidence must still pass every check against the values built from it (signature,
+/// binding, digest, log replay) before anything is written.
+pub async fn capture_reference(
+    client: &Client,
+    pcrs: Option<Vec<u8>>,
+) -> anyhow::Result<ReferenceValues> {
+    let identity = client.identity().await?;
+    let nonce = Nonce::random()?;
+    let fetched = client.evidence(&nonce, pcrs).await?;
+    let ev = &fetched.evidence;
+    let ak_name = Public::decode(&ev.ak_public)
+        .ok()
+        .and_then(|p| p.name())
+        .context("the evidence's attestation key does not decode")?;
+    if hex::encode(&ak_name) != identity.ak_name {
+        bail!("the evidence's attestation key is not the one in /v1/identity");
+    }
+    let values = ev
+        .pcrs
+        .get(HashAlg::Sha256.name())
+        .context("the evidence has no sha256 PCR values")?;
+    let mut pcrs = std::collections::BTreeMap::new();
+    for (idx, v) in values {
+        if *idx != ev.appliance_pcr {
+            pcrs.insert(*idx, hex::decode(v).context("malformed PCR value")?);
+        }
+    }
+    let reference = ReferenceValues {
+        bank: HashAlg::Sha256,
+        ak_name: Some(ak_name),
+        appliance_pcr: ev.appliance_pcr,
+        pcrs,
+        appliance_events: ev
+            .appliance_log
+            .iter()
+            .map(|e| AllowedApplianceEvent {
+                kind: e.kind.clone(),
+                detail: e.detail.clone(),
+            })
+            .collect(),
+        tcg_events: Default::default(),
+    };
+    verify_fetched(&fetched, nonce, &reference)
+        .map_err(|r| anyhow::anyhow!("the appliance's own evidence does not verify: {r}"))?;
+    Ok(reference)
+}

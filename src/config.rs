@@ -1,0 +1,956 @@
+//! wardend configuration: one TOML file, parsed once at start-up into validated types.
+//!
+//! The file is read into private `Raw*` structs (serde, unknown keys rejected, spans kept) and
+//! then checked field by field into [`Config`]; nothing downstream re-validates. Every error
+//! names the file, the position when known, and the key path, e.g.
+//!
+//! ```text
+//! /etc/warden/wardend.toml:12:17: tpm.appliance_pcr: PCR 16 is the debug PCR, ...
+//! ```
+//!
+//! Relative paths in the file resolve against the directory of the file. The annotated example
+//! is `docs/config.example.toml`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::logging::{self, LogFormat};
+
+/// Number of PCRs of a PC-client TPM 2.0 (TCG PC Client Platform TPM Profile, §4.6.1).
+pub const PCR_COUNT: u8 = 24;
+/// `[tpm] appliance_pcr` when absent.
+pub const DEFAULT_APPLIANCE_PCR: u8 = 15;
+/// `[tpm] quote_pcrs` when absent: the SRTM PCRs measured by firmware and boot loader.
+pub const DEFAULT_QUOTE_PCRS: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+/// `[api] max_body_bytes` when absent.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Upper bound for `[api] max_body_bytes`: nothing in the APIs needs more.
+pub const MAX_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// `[log] level` when absent.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Upper bound for `name` (it becomes a DNS label-like name in certificates and log lines).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// The validated wardend configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Appliance name: used in certificates, logs and as the audit origin.
+    pub name: String,
+    /// Persistent state (appliance event log, result key), absolute or relative to the file.
+    pub state_dir: PathBuf,
+    pub log: LogConfig,
+    pub tpm: TpmConfig,
+    pub api: ApiConfig,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+/// `[tpm]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmConfig {
+    /// TCTI name and configuration, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
+    pub tcti: String,
+    /// Persistent handle of the attestation key (0x81xxxxxx).
+    pub ak_handle: u32,
+    pub ak_algorithm: AkAlg,
+    /// The PCR the appliance extends its own measurements into (8..=15).
+    pub appliance_pcr: u8,
+    /// Platform PCRs included in quotes, in the order written; see [`TpmConfig::quoted_pcrs`].
+    pub quote_pcrs: Vec<u8>,
+    /// TCG event log of the platform; a missing file at run time is not an error.
+    pub event_log: Option<PathBuf>,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8).
+    pub key: PathBuf,
+    pub max_body_bytes: usize,
+}
+
+/// Algorithm of the attestation key. Mirrors `warden_attest::tpm::AkAlgorithm`.
+///
+/// The names are spelled out: serde's `kebab-case` would turn `Rsa2048` into `rsa2048`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AkAlg {
+    /// ECDSA P-256 with SHA-256.
+    #[default]
+    #[serde(rename = "ecc-p256")]
+    EccP256,
+    /// RSASSA-PKCS1-v1_5 2048 with SHA-256.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+}
+
+impl TpmConfig {
+    /// The PCRs to quote: `quote_pcrs` plus `appliance_pcr`, ascending, without duplicates.
+    pub fn quoted_pcrs(&self) -> Vec<u8> {
+        let mut pcrs = self.quote_pcrs.clone();
+        pcrs.push(self.appliance_pcr);
+        pcrs.sort_unstable();
+        pcrs.dedup();
+        pcrs
+    }
+}
+
+/// Line and column (both from 1; the column counts characters) in the configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read the configuration: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or not the expected shape: unknown key, wrong type, missing key.
+    #[error("{}{}: {}{message}", file.display(), At(position), Key(key))]
+    Toml {
+        file: PathBuf,
+        position: Option<Position>,
+        /// Dotted key path (`api.listen`, `tpm.quote_pcrs[2]`), when it could be located.
+        key: Option<String>,
+        message: String,
+    },
+    /// Well-formed, but a value is not acceptable.
+    #[error("{}{}: {key}: {message}", file.display(), At(position))]
+    Invalid {
+        file: PathBuf,
+        position: Option<Position>,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The key path the error is about, when known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Toml { key, .. } => key.as_deref(),
+            ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+struct At<'a>(&'a Option<Position>);
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, ":{}:{}", p.line, p.column),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Key<'a>(&'a Option<String>);
+
+impl fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(k) if !k.is_empty() => write!(f, "{k}: "),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_str(&text, path)
+    }
+
+    /// Parses and validates `text`; `origin` is the file it came from, used in error messages
+    /// and as the base of relative paths.
+    #[allow(clippy::should_implement_trait)] // needs the origin, so not `FromStr`
+    pub fn from_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
+        Validator { text, origin }.config(raw)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    name: Spanned<String>,
+    state_dir: Spanned<PathBuf>,
+    #[serde(default)]
+    log: RawLog,
+    tpm: RawTpm,
+    api: RawApi,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
+    #[serde(default)]
+    level: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTpm {
+    tcti: Spanned<String>,
+    ak_handle: Spanned<u32>,
+    #[serde(default)]
+    ak_algorithm: AkAlg,
+    #[serde(default)]
+    appliance_pcr: Option<Spanned<u8>>,
+    #[serde(default)]
+    quote_pcrs: Option<Vec<Spanned<u8>>>,
+    #[serde(default)]
+    event_log: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: SocketAddr,
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+    #[serde(default)]
+    max_body_bytes: Option<Spanned<usize>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+struct Validator<'a> {
+    text: &'a str,
+    origin: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.origin.to_path_buf(),
+            position: span.map(|s| position_of(self.text, s.start)),
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        Ok(Config {
+            name: self.name(raw.name)?,
+            state_dir: self.path("state_dir", raw.state_dir)?,
+            log: self.log(raw.log)?,
+            tpm: self.tpm(raw.tpm)?,
+            api: self.api(raw.api)?,
+        })
+    }
+
+    fn name(&self, name: Spanned<String>) -> Result<String, ConfigError> {
+        let span = name.span();
+        let name = name.into_inner();
+        let problem = if name.is_empty() {
+            Some("must not be empty".to_owned())
+        } else if name.len() > MAX_NAME_LEN {
+            Some(format!(
+                "is {} bytes long, at most {MAX_NAME_LEN} are allowed",
+                name.len()
+            ))
+        } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            Some(format!(
+                "{name:?} is not allowed: use ASCII letters, digits, '-' and '.', starting with a \
+                 letter or digit (the name goes into certificates and log lines)"
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => Err(self.invalid("name", Some(span), message)),
+            None => Ok(name),
+        }
+    }
+
+    /// A non-empty path; relative paths resolve against the configuration file's directory.
+    fn path(&self, key: &str, path: Spanned<PathBuf>) -> Result<PathBuf, ConfigError> {
+        let span = path.span();
+        let path = path.into_inner();
+        if path.as_os_str().is_empty() {
+            return Err(self.invalid(key, Some(span), "must not be empty".to_owned()));
+        }
+        if path.is_absolute() {
+            return Ok(path);
+        }
+        let base = self.origin.parent().unwrap_or_else(|| Path::new(""));
+        Ok(base.join(path))
+    }
+
+    fn log(&self, raw: RawLog) -> Result<LogConfig, ConfigError> {
+        let level = match raw.level {
+            None => DEFAULT_LOG_LEVEL.to_owned(),
+            Some(level) => {
+                let span = level.span();
+                let level = level.into_inner();
+                if let Err(e) = logging::parse_filter(&level) {
+                    return Err(self.invalid(
+                        "log.level",
+                        Some(span),
+                        format!("{level:?} is not a log filter directive: {e}"),
+                    ));
+                }
+                level
+            }
+        };
+        Ok(LogConfig {
+            format: raw.format,
+            level,
+        })
+    }
+
+    fn tpm(&self, raw: RawTpm) -> Result<TpmConfig, ConfigError> {
+        let tcti = self.tcti(raw.tcti)?;
+
+        // TPM 2.0 Part 2 §7.2: the handle type is the most significant octet; persistent
+        // objects are TPM_HT_PERSISTENT (0x81).
+        let ak_handle = *raw.ak_handle.get_ref();
+        if ak_handle >> 24 != 0x81 {
+            return Err(self.invalid(
+                "tpm.ak_handle",
+                Some(raw.ak_handle.span()),
+                format!(
+                    "{ak_handle:#010x} is not a persistent handle: use 0x81000000..=0x81ffffff \
+                     (for example 0x81010002)"
+                ),
+            ));
+        }
+
+        let appliance_pcr = match raw.appliance_pcr {
+            None => DEFAULT_APPLIANCE_PCR,
+            Some(pcr) => {
+                let span = pcr.span();
+                let pcr = pcr.into_inner();
+                if let Some(why) = appliance_pcr_problem(pcr) {
+                    return Err(self.invalid("tpm.appliance_pcr", Some(span), why));
+                }
+                pcr
+            }
+        };
+
+        let quote_pcrs = match raw.quote_pcrs {
+            None => DEFAULT_QUOTE_PCRS.to_vec(),
+            Some(list) => {
+                let mut seen = [false; PCR_COUNT as usize];
+                let mut pcrs = Vec::with_capacity(list.len());
+                for (i, pcr) in list.into_iter().enumerate() {
+                    let key = format!("tpm.quote_pcrs[{i}]");
+                    let span = pcr.span();
+                    let pcr = pcr.into_inner();
+                    match seen.get_mut(usize::from(pcr)) {
+                        None => {
+                            return Err(self.invalid(
+                                &key,
+                                Some(span),
+                                format!("PCR {pcr} does not exist: PCR indices are 0..=23"),
+                            ))
+                        }
+                        Some(true) => {
+                            return Err(self.invalid(
+                                &key,
+                                Some(span),
+                                format!("PCR {pcr} is listed more than once"),
+                            ))
+                        }
+                        Some(slot) => *slot = true,
+                    }
+                    pcrs.push(pcr);
+                }
+                pcrs
+            }
+        };
+
+        let event_log = raw
+            .event_log
+            .map(|p| self.path("tpm.event_log", p))
+            .transpose()?;
+
+        Ok(TpmConfig {
+            tcti,
+            ak_handle,
+            ak_algorithm: raw.ak_algorithm,
+            appliance_pcr,
+            quote_pcrs,
+            event_log,
+        })
+    }
+
+    fn tcti(&self, tcti: Spanned<String>) -> Result<String, ConfigError> {
+        const KINDS: [&str; 4] = ["device", "swtpm", "mssim", "tabrmd"];
+        let span = tcti.span();
+        let tcti = tcti.into_inner();
+        let kind = tcti.split_once(':').map_or(tcti.as_str(), |(kind, _)| kind);
+        if KINDS.contains(&kind) {
+            Ok(tcti)
+        } else {
+            Err(self.invalid(
+                "tpm.tcti",
+                Some(span),
+                format!(
+                    "{tcti:?} does not name a known TCTI: expected one of {} followed by \
+                     ':' and its configuration, e.g. \"device:/dev/tpmrm0\"",
+                    KINDS.join(", ")
+                ),
+            ))
+        }
+    }
+
+    fn api(&self, raw: RawApi) -> Result<ApiConfig, ConfigError> {
+        let max_body_bytes = match raw.max_body_bytes {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(n) => {
+                let span = n.span();
+                let n = n.into_inner();
+                if n == 0 || n > MAX_MAX_BODY_BYTES {
+                    return Err(self.invalid(
+                        "api.max_body_bytes",
+                        Some(span),
+                        format!("{n} is out of range: use 1..={MAX_MAX_BODY_BYTES}"),
+                    ));
+                }
+                n
+            }
+        };
+        Ok(ApiConfig {
+            listen: raw.listen,
+            cert: self.path("api.cert", raw.cert)?,
+            key: self.path("api.key", raw.key)?,
+            max_body_bytes,
+        })
+    }
+}
+
+/// Why `pcr` cannot hold the appliance's own measurements, if it cannot (TCG PC Client
+/// Platform Firmware Profile §3.3.4 assigns the PCRs; the PTP §4.6.1 sets their reset rules).
+fn appliance_pcr_problem(pcr: u8) -> Option<String> {
+    match pcr {
+        0..=7 => Some(format!(
+            "PCR {pcr} belongs to the platform firmware and boot loader (SRTM): use one of 8..=15"
+        )),
+        8..=15 => None,
+        16 => Some(
+            "PCR 16 is the debug PCR and can be reset from any locality, so measurements in it \
+             prove nothing: use one of 8..=15"
+                .to_owned(),
+        ),
+        17..=22 => Some(format!(
+            "PCR {pcr} belongs to the dynamic root of trust (DRTM) and is reset by a late launch: \
+             use one of 8..=15"
+        )),
+        23 => Some(
+            "PCR 23 is the application PCR and can be reset from any locality, so measurements \
+             in it prove nothing: use one of 8..=15"
+                .to_owned(),
+        ),
+        _ => Some(format!(
+            "PCR {pcr} does not exist: PCR indices are 0..=23; use one of 8..=15"
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locating TOML errors.
+
+fn toml_error(text: &str, origin: &Path, e: &toml::de::Error) -> ConfigError {
+    // One line: toml puts "expected ..." hints on lines of their own.
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let span = e.span();
+    let mut key = span.as_ref().and_then(|s| key_path_at(text, s.start));
+    // serde reports a missing field at its table: name the field itself.
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field)
+    {
+        key = Some(match key.as_deref() {
+            None | Some("") => field.to_owned(),
+            Some(table) => format!("{table}.{field}"),
+        });
+    }
+    ConfigError::Toml {
+        file: origin.to_path_buf(),
+        position: span.map(|s| position_of(text, s.start)),
+        key,
+        message,
+    }
+}
+
+/// Line and column of byte `offset` in `text`.
+fn position_of(text: &str, offset: usize) -> Position {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = text.get(..offset).unwrap_or_default();
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Position {
+        line: before.matches('\n').count() + 1,
+        column: before.get(line_start..).unwrap_or_default().chars().count() + 1,
+    }
+}
+
+/// The dotted key path of the innermost key or value whose span contains `offset`.
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut best = None;
+    locate::table(doc.as_table(), "", offset, &mut best);
+    best.map(|hit: locate::Hit| hit.path)
+}
+
+mod locate {
+    use std::ops::Range;
+
+    use toml_edit::{Item, Table, Value};
+
+    pub(super) struct Hit {
+        width: usize,
+        pub(super) path: String,
+    }
+
+    fn consider(span: Option<Range<usize>>, path: &str, offset: usize, best: &mut Option<Hit>) {
+        let Some(span) = span else { return };
+        let end = span.end.max(span.start + 1);
+        if !(span.start..end).contains(&offset) {
+            return;
+        }
+        let width = end - span.start;
+        let narrower = match best {
+            Some(b) => width < b.width,
+            None => true,
+        };
+        if narrower {
+            *best = Some(Hit {
+                width,
+                path: path.to_owned(),
+            });
+        }
+    }
+
+    fn join(prefix: &str, key: &str) -> String {
+        if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    }
+
+    pub(super) fn table(t: &Table, prefix: &str, offset: usize, best: &mut Option<Hit>) {
+        for (k, item) in t.iter() {
+            let path = join(prefix, k);
+            consider(t.key(k).and_then(|k| k.span()), &path, offset, best);
+            consider(item.span(), &path, offset, best);
+            match item {
+                Item::Table(t) => table(t, &path, offset, best),
+                Item::Value(v) => value(v, &path, offset, best),
+                Item::ArrayOfTables(a) => {
+                    for (i, t) in a.iter().enumerate() {
+                        let path = format!("{path}[{i}]");
+                        consider(t.span(), &path, offset, best);
+                        table(t, &path, offset, best);
+                    }
+                }
+                Item::None => {}
+            }
+        }
+    }
+
+    fn value(v: &Value, path: &str, offset: usize, best: &mut Option<Hit>) {
+        match v {
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    let path = format!("{path}[{i}]");
+                    consider(v.span(), &path, offset, best);
+                    value(v, &path, offset, best);
+                }
+            }
+            Value::InlineTable(t) => {
+                for (k, v) in t.iter() {
+                    let path = join(path, k);
+                    consider(t.key(k).and_then(|k| k.span()), &path, offset, best);
+                    consider(v.span(), &path, offset, best);
+                    value(v, &path, offset, best);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/warden/wardend.toml";
+
+    const FULL: &str = r#"
+name = "node-a"
+state_dir = "state"
+
+[log]
+format = "json"
+level = "warden=debug,info"
+
+[tpm]
+tcti = "swtpm:host=127.0.0.1,port=2321"
+ak_handle = 0x81010002
+ak_algorithm = "rsa-2048"
+appliance_pcr = 14
+quote_pcrs = [0, 2, 4, 7]
+event_log = "/sys/kernel/security/tpm0/binary_bios_measurements"
+
+[api]
+listen = "127.0.0.1:8443"
+cert = "tls/server.crt"
+key = "/etc/warden/tls/server.key"
+max_body_bytes = 4096
+"#;
+
+    const MINIMAL: &str = r#"
+name = "node-a"
+state_dir = "/var/lib/warden"
+
+[tpm]
+tcti = "device:/dev/tpmrm0"
+ak_handle = 0x81010002
+
+[api]
+listen = "0.0.0.0:8443"
+cert = "/etc/warden/tls/server.crt"
+key = "/etc/warden/tls/server.key"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, Path::new(FILE))
+    }
+
+    /// Replaces the first line starting with `key =` by `line` (or appends `line` to
+    /// `[table]` when the key is absent).
+    fn edit(base: &str, table: &str, key: &str, line: &str) -> String {
+        let mut out = Vec::new();
+        let mut current = String::new();
+        let mut done = false;
+        for l in base.lines() {
+            if let Some(t) = l.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                if !done && current == table && !table.is_empty() {
+                    out.push(line.to_owned());
+                    done = true;
+                }
+                current = t.to_owned();
+            }
+            if !done && current == table && l.starts_with(&format!("{key} =")) {
+                out.push(line.to_owned());
+                done = true;
+                continue;
+            }
+            out.push(l.to_owned());
+        }
+        if !done {
+            out.push(line.to_owned());
+        }
+        out.join("\n")
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    fn assert_names(msg: &str, key: &str) {
+        assert!(msg.starts_with(FILE), "no file name in {msg:?}");
+        assert!(
+            msg.contains(&format!(" {key}: ")),
+            "no key {key:?} in {msg:?}"
+        );
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(c.name, "node-a");
+        assert_eq!(c.state_dir, Path::new("/etc/warden/state"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "warden=debug,info");
+        assert_eq!(c.tpm.tcti, "swtpm:host=127.0.0.1,port=2321");
+        assert_eq!(c.tpm.ak_handle, 0x8101_0002);
+        assert_eq!(c.tpm.ak_algorithm, AkAlg::Rsa2048);
+        assert_eq!(c.tpm.appliance_pcr, 14);
+        assert_eq!(c.tpm.quote_pcrs, [0, 2, 4, 7]);
+        assert_eq!(c.tpm.quoted_pcrs(), [0, 2, 4, 7, 14]);
+        assert_eq!(
+            c.tpm.event_log.as_deref(),
+            Some(Path::new(
+                "/sys/kernel/security/tpm0/binary_bios_measurements"
+            ))
+        );
+        assert_eq!(c.api.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.api.cert, Path::new("/etc/warden/tls/server.crt"));
+        assert_eq!(c.api.key, Path::new("/etc/warden/tls/server.key"));
+        assert_eq!(c.api.max_body_bytes, 4096);
+    }
+
+    #[test]
+    fn defaults_fill_optional_keys() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.log.format, LogFormat::Human);
+        assert_eq!(c.log.level, DEFAULT_LOG_LEVEL);
+        assert_eq!(c.tpm.ak_algorithm, AkAlg::EccP256);
+        assert_eq!(c.tpm.appliance_pcr, DEFAULT_APPLIANCE_PCR);
+        assert_eq!(c.tpm.quote_pcrs, DEFAULT_QUOTE_PCRS);
+        assert_eq!(c.tpm.quoted_pcrs(), [0, 1, 2, 3, 4, 5, 6, 7, 15]);
+        assert_eq!(c.tpm.event_log, None);
+        assert_eq!(c.api.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let c = Config::from_str(FULL, Path::new("conf/wardend.toml")).unwrap();
+        assert_eq!(c.state_dir, Path::new("conf/state"));
+        assert_eq!(c.api.cert, Path::new("conf/tls/server.crt"));
+        let c = Config::from_str(FULL, Path::new("wardend.toml")).unwrap();
+        assert_eq!(c.state_dir, Path::new("state"));
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../docs/config.example.toml");
+        let c = Config::from_str(text, Path::new("docs/config.example.toml")).unwrap();
+        assert_eq!(c.tpm.appliance_pcr, 15);
+        assert_eq!(c.tpm.ak_handle, 0x8101_0002);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let msg = error(&edit(MINIMAL, "api", "bogus", "bogus = 1"));
+        assert_names(&msg, "api.bogus");
+        assert!(msg.contains("unknown field `bogus`"), "{msg}");
+        let msg = error(&format!("colour = \"blue\"\n{MINIMAL}"));
+        assert!(msg.starts_with(&format!("{FILE}:1:1: colour: ")), "{msg}");
+        let msg = error(&format!("{MINIMAL}\n[extra]\nx = 1\n"));
+        assert_names(&msg, "extra");
+    }
+
+    #[test]
+    fn a_type_error_is_named_with_line_and_column() {
+        let text = edit(MINIMAL, "tpm", "ak_handle", "ak_handle = \"0x81010002\"");
+        let msg = error(&text);
+        assert_names(&msg, "tpm.ak_handle");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("ak_handle"))
+            .unwrap()
+            + 1;
+        assert!(msg.contains(&format!(":{line}:13: ")), "{msg}");
+
+        let msg = error(&edit(
+            MINIMAL,
+            "api",
+            "listen",
+            "listen = \"somewhere:8443\"",
+        ));
+        assert_names(&msg, "api.listen");
+        let msg = error(&edit(
+            MINIMAL,
+            "tpm",
+            "quote_pcrs",
+            "quote_pcrs = [0, 1, 300]",
+        ));
+        assert_names(&msg, "tpm.quote_pcrs[2]");
+        let msg = error(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n"));
+        assert_names(&msg, "log.format");
+        let msg = error(&edit(
+            MINIMAL,
+            "tpm",
+            "ak_algorithm",
+            "ak_algorithm = \"dsa\"",
+        ));
+        assert_names(&msg, "tpm.ak_algorithm");
+        let msg = error(&edit(MINIMAL, "tpm", "ak_handle", "ak_handle = -1"));
+        assert_names(&msg, "tpm.ak_handle");
+    }
+
+    #[test]
+    fn a_missing_key_is_named() {
+        let msg = error(&MINIMAL.replace("tcti = \"device:/dev/tpmrm0\"\n", ""));
+        assert_names(&msg, "tpm.tcti");
+        let msg = error(&MINIMAL.replace("name = \"node-a\"\n", ""));
+        assert!(msg.contains("name: missing field `name`"), "{msg}");
+        assert!(msg.starts_with(FILE), "{msg}");
+    }
+
+    #[test]
+    fn a_syntax_error_has_a_position() {
+        let msg = error("name = \"node-a\nstate_dir = 1\n");
+        assert!(msg.starts_with(&format!("{FILE}:1:")), "{msg}");
+    }
+
+    #[test]
+    fn appliance_pcr_must_be_8_to_15() {
+        for ok in 8..=15 {
+            let c = parse(&edit(
+                MINIMAL,
+                "tpm",
+                "appliance_pcr",
+                &format!("appliance_pcr = {ok}"),
+            ));
+            assert_eq!(c.unwrap().tpm.appliance_pcr, ok);
+        }
+        for (bad, why) in [
+            (0, "firmware"),
+            (7, "firmware"),
+            (16, "reset"),
+            (17, "DRTM"),
+            (22, "DRTM"),
+            (23, "reset"),
+            (24, "does not exist"),
+            (255, "does not exist"),
+        ] {
+            let text = edit(
+                MINIMAL,
+                "tpm",
+                "appliance_pcr",
+                &format!("appliance_pcr = {bad}"),
+            );
+            let msg = error(&text);
+            assert_names(&msg, "tpm.appliance_pcr");
+            assert!(msg.contains(why), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn quote_pcrs_are_checked() {
+        let msg = error(&edit(
+            MINIMAL,
+            "tpm",
+            "quote_pcrs",
+            "quote_pcrs = [0, 1, 24]",
+        ));
+        assert_names(&msg, "tpm.quote_pcrs[2]");
+        assert!(msg.contains("PCR 24 does not exist"), "{msg}");
+        let msg = error(&edit(
+            MINIMAL,
+            "tpm",
+            "quote_pcrs",
+            "quote_pcrs = [0, 7, 3, 7]",
+        ));
+        assert_names(&msg, "tpm.quote_pcrs[3]");
+        assert!(msg.contains("PCR 7 is listed more than once"), "{msg}");
+        let c = parse(&edit(MINIMAL, "tpm", "quote_pcrs", "quote_pcrs = [15, 0]")).unwrap();
+        assert_eq!(c.tpm.quoted_pcrs(), [0, 15]);
+        let c = parse(&edit(MINIMAL, "tpm", "quote_pcrs", "quote_pcrs = []")).unwrap();
+        assert_eq!(c.tpm.quoted_pcrs(), [15]);
+    }
+
+    #[test]
+    fn name_is_checked() {
+        for bad in ["", "-node", "node a", "node/a", "nöde", &"a".repeat(64)] {
+            let msg = error(&edit(MINIMAL, "", "name", &format!("name = {bad:?}")));
+            assert_names(&msg, "name");
+        }
+        let msg = error(&edit(MINIMAL, "", "name", "name = \"\""));
+        assert!(msg.contains("must not be empty"), "{msg}");
+        assert!(msg.starts_with(&format!("{FILE}:2:8: name: ")), "{msg}");
+    }
+
+    #[test]
+    fn other_values_are_checked() {
+        let cases = [
+            ("", "state_dir", "state_dir = \"\"", "state_dir"),
+            ("log", "level", "level = \"warden=loud\"", "log.level"),
+            ("tpm", "tcti", "tcti = \"/dev/tpm0\"", "tpm.tcti"),
+            ("tpm", "tcti", "tcti = \"\"", "tpm.tcti"),
+            (
+                "tpm",
+                "ak_handle",
+                "ak_handle = 0x80000001",
+                "tpm.ak_handle",
+            ),
+            ("tpm", "event_log", "event_log = \"\"", "tpm.event_log"),
+            ("api", "cert", "cert = \"\"", "api.cert"),
+            ("api", "key", "key = \"\"", "api.key"),
+            (
+                "api",
+                "max_body_bytes",
+                "max_body_bytes = 0",
+                "api.max_body_bytes",
+            ),
+            (
+                "api",
+                "max_body_bytes",
+                "max_body_bytes = 999999999",
+                "api.max_body_bytes",
+            ),
+        ];
+        for (table, key, line, path) in cases {
+            let text = if table == "log" {
+                format!("{MINIMAL}\n[log]\n{line}\n")
+            } else {
+                edit(MINIMAL, table, key, line)
+            };
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.key(), Some(path), "{err}");
+            assert_names(&err.to_string(), path);
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = Config::load(Path::new("/nonexistent/wardend.toml")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("/nonexistent/wardend.toml: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn positions_count_characters() {
+        let text = "a\nxé = 1\n";
+        assert_eq!(position_of(text, 0), Position { line: 1, column: 1 });
+        assert_eq!(position_of(text, 2), Position { line: 2, column: 1 });
+        assert_eq!(position_of(text, 5), Position { line: 2, column: 3 });
+        assert_eq!(position_of(text, 4), Position { line: 2, column: 2 });
+        assert_eq!(position_of(text, 999).line, 3);
+    }
+}

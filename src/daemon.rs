@@ -1,0 +1,181 @@
+//! wardend start-up: open the TPM (fail closed without one), measure what runs, load keys,
+//! and serve the API until SIGINT/SIGTERM.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use warden_attest::binding::Challenges;
+use warden_attest::ear::ResultSigner;
+use warden_attest::eventlog::MAX_LOG_BYTES;
+use warden_attest::tpm::AkAlgorithm;
+use warden_attest::tpm2::Public;
+
+use crate::api::{self, ApiState, CHALLENGE_TTL_SECS, MAX_CHALLENGES};
+use crate::appliance::{file_sha256, TpmActor, TpmSettings};
+use crate::config::{AkAlg, Config};
+use crate::tls;
+use crate::wire::Identity;
+
+/// Event kinds the daemon measures into the appliance PCR.
+pub const EVENT_BINARY: &str = "wardend-binary";
+pub const EVENT_RESULT_KEY: &str = "result-key";
+
+fn ak_algorithm(a: AkAlg) -> AkAlgorithm {
+    match a {
+        AkAlg::EccP256 => AkAlgorithm::EccP256,
+        AkAlg::Rsa2048 => AkAlgorithm::Rsa2048,
+    }
+}
+
+/// Load the result-signing key, or create it (mode 0600) on first start.
+fn load_result_key(state_dir: &Path) -> anyhow::Result<ResultSigner> {
+    let path = state_dir.join("result-key.p8");
+    match std::fs::read(&path) {
+        Ok(der) => {
+            let der = zeroize::Zeroizing::new(der);
+            ResultSigner::from_pkcs8(&der)
+                .with_context(|| format!("{}: not a P-256 PKCS#8 key", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (signer, der) = ResultSigner::generate()?;
+            let tmp = path.with_extension("tmp");
+            {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?;
+                f.write_all(&der)?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            tracing::info!(path = %path.display(), "created the attestation-result signing key");
+            Ok(signer)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn read_event_log(path: Option<&Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = path else { return Ok(None) };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(path = %path.display(), "no platform event log; evidence will carry none");
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Ok(_) => {
+            use std::io::Read;
+            let mut buf = Vec::new();
+            std::fs::File::open(path)
+                .with_context(|| format!("opening {}", path.display()))?
+                .take(MAX_LOG_BYTES as u64 + 1)
+                .read_to_end(&mut buf)?;
+            if buf.len() > MAX_LOG_BYTES {
+                anyhow::bail!("{}: larger than {MAX_LOG_BYTES} bytes", path.display());
+            }
+            Ok(Some(buf))
+        }
+    }
+}
+
+/// Run wardend with a validated configuration until a shutdown signal.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.state_dir)
+        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+
+    let tpm = TpmActor::spawn(TpmSettings {
+        tcti: config.tpm.tcti.clone(),
+        ak_handle: config.tpm.ak_handle,
+        ak_algorithm: ak_algorithm(config.tpm.ak_algorithm),
+        appliance_pcr: config.tpm.appliance_pcr,
+        state_dir: config.state_dir.clone(),
+    })?;
+
+    let exe = std::env::current_exe().context("locating the wardend binary")?;
+    let binary = format!("sha256:{}", file_sha256(&exe)?);
+    let signer = load_result_key(&config.state_dir)?;
+    let jwk = signer.public_jwk();
+    let key_detail = format!("es256:{}.{}", jwk.x, jwk.y);
+    let (ak_public, ek_certificate) = tpm
+        .run(move |a| -> anyhow::Result<_> {
+            a.measure(EVENT_BINARY, &binary)?;
+            a.measure(EVENT_RESULT_KEY, &key_detail)?;
+            Ok((a.ak_public.clone(), a.ek_certificate.clone()))
+        })
+        .await??;
+
+    let ak_name = Public::decode(&ak_public)
+        .ok()
+        .and_then(|p| p.name())
+        .context("the TPM returned an attestation key that does not decode")?;
+    let tls_config = tls::server_config(&config.api.cert, &config.api.key)?;
+    let tls_spki = tls::spki_of_cert_pem(&config.api.cert)?;
+    let identity = Identity {
+        name: config.name.clone(),
+        ak_public: B64.encode(&ak_public),
+        ak_name: hex::encode(&ak_name),
+        ak_algorithm: match config.tpm.ak_algorithm {
+            AkAlg::EccP256 => "ecc-p256".into(),
+            AkAlg::Rsa2048 => "rsa-2048".into(),
+        },
+        ek_certificate: ek_certificate.as_ref().map(|c| B64.encode(c)),
+        tls_spki: B64.encode(&tls_spki),
+        result_key: jwk,
+        appliance_pcr: config.tpm.appliance_pcr,
+        quote_pcrs: config.tpm.quoted_pcrs(),
+    };
+    let state = Arc::new(ApiState {
+        tpm,
+        identity,
+        tls_spki,
+        default_pcrs: config.tpm.quoted_pcrs(),
+        appliance_pcr: config.tpm.appliance_pcr,
+        tcg_event_log: read_event_log(config.tpm.event_log.as_deref())?,
+        signer,
+        challenges: Mutex::new(Challenges::new(CHALLENGE_TTL_SECS, MAX_CHALLENGES)),
+        reference: None,
+        reference_path: None,
+    });
+    let app = api::router(state, config.api.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("api.listen: cannot bind {}", config.api.listen))?;
+    tracing::info!(
+        name = %config.name,
+        listen = %listener.local_addr()?,
+        ak_name = %hex::encode(&ak_name),
+        "wardend ready"
+    );
+    tls::serve(listener, tls_config, app, shutdown_signal()).await;
+    tracing::info!("wardend stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown requested");
+}

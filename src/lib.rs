@@ -1,0 +1,13 @@
+//! The Warden appliance: wardend (the daemon) and wardctl (the operator and tenant CLI).
+
+pub mod config;
+pub mod logging;
+pub mod pki;
+pub mod tls;
+
+pub mod api;
+pub mod appliance;
+pub mod client;
+pub mod daemon;
+pub mod measure;
+pub mod wire;

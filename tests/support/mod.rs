@@ -1,0 +1,176 @@
+//! A running appliance for end-to-end tests and the demo: its own swtpm, certificates, config
+//! and wardend process, all removed on drop.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warden_testkit::Swtpm;
+
+/// One appliance: swtpm + wardend.
+pub struct Node {
+    pub swtpm: Swtpm,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub name: String,
+    child: Option<Child>,
+    wardend: PathBuf,
+}
+
+impl Node {
+    /// Start swtpm and wardend; `wardend` is the daemon binary.
+    pub fn start(wardend: &Path, name: &str) -> Node {
+        std::env::set_var("TSS2_LOG", "esys+none,tcti+none");
+        let swtpm = Swtpm::start().expect("starting swtpm");
+        let dir = tempfile::tempdir().unwrap();
+        warden::pki::generate_demo_pki(&dir.path().join("tls"), &[name.to_owned()]).unwrap();
+        let mut node = Node {
+            swtpm,
+            dir,
+            port: 0,
+            name: name.to_owned(),
+            child: None,
+            wardend: wardend.to_owned(),
+        };
+        node.write_config();
+        node.spawn();
+        node
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("wardend.toml")
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.crt")
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("wardend.log")
+    }
+
+    fn write_config(&mut self) {
+        self.port = warden_testkit::free_port_pair();
+        let text = format!(
+            r#"# Generated for a test or the demo.
+name = "{name}"
+state_dir = "state"
+
+[log]
+format = "json"
+level = "info"
+
+[tpm]
+tcti = "{tcti}"
+ak_handle = 0x81010002
+appliance_pcr = 15
+quote_pcrs = [0, 1, 2, 3, 4, 5, 6, 7]
+
+[api]
+listen = "127.0.0.1:{port}"
+cert = "tls/server.crt"
+key = "tls/server.key"
+"#,
+            name = self.name,
+            tcti = self.swtpm.tcti(),
+            port = self.port
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(&self.wardend)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("TSS2_LOG", "esys+none,tcti+none")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning wardend");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("wardend exited with {status}:\n{}", self.log());
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("wardend did not listen within 30 s:\n{}", self.log());
+    }
+
+    /// wardend's log so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.log_path()) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Stop wardend (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restart wardend on the same TPM and state (the TPM keeps running).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Skip (outside CI) when swtpm is not installed.
+pub fn tools_or_skip() -> bool {
+    if warden_testkit::tools_available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "swtpm is required in CI (scripts/deps.sh installs it)"
+    );
+    eprintln!("skipping: swtpm/swtpm_setup not installed (run scripts/deps.sh)");
+    false
+}
