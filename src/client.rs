@@ -10,7 +10,7 @@ use base64::Engine as _;
 use warden_attest::binding::{purpose, FreshNonce, Nonce};
 use warden_attest::evidence::{Evidence, MAX_EVIDENCE_BYTES};
 use warden_attest::reference::{AllowedApplianceEvent, ReferenceValues};
-use warden_attest::tpm2::Public;
+use warden_attest::tpm2::{ClockInfo, Public};
 use warden_attest::verify::{self, Expected, Rejected, Verified};
 use warden_attest::HashAlg;
 
@@ -137,6 +137,16 @@ pub fn verify_fetched(
     nonce: Nonce,
     reference: &ReferenceValues,
 ) -> Result<Verified, Rejected> {
+    verify_fetched_after(fetched, nonce, reference, None)
+}
+
+/// [`verify_fetched`], also requiring the TPM clock to have moved on from `previous`.
+pub fn verify_fetched_after(
+    fetched: &Fetched,
+    nonce: Nonce,
+    reference: &ReferenceValues,
+    previous: Option<ClockInfo>,
+) -> Result<Verified, Rejected> {
     verify::verify(
         &fetched.evidence,
         Expected {
@@ -144,9 +154,41 @@ pub fn verify_fetched(
             purpose: purpose::TENANT_API,
             bound_key: &fetched.server_spki,
             reference,
-            previous: None,
+            previous,
         },
     )
+}
+
+/// The TPM clock of the last successful verification per attestation key, kept by a verifier
+/// between runs so that older evidence is refused after newer (`wardctl attest --state`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierState {
+    /// hex AK name → clock of the last accepted quote.
+    pub clocks: std::collections::BTreeMap<String, ClockInfo>,
+}
+
+impl VerifierState {
+    /// Load, or start empty if the file does not exist.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{}: not a wardctl state file", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Write atomically (temporary file, fsync, rename).
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let tmp = path.with_extension("tmp");
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    }
 }
 
 /// Load a reference-values file with errors that name it.

@@ -46,6 +46,15 @@ pub struct Config {
     pub log: LogConfig,
     pub tpm: TpmConfig,
     pub api: ApiConfig,
+    pub attestation: AttestationConfig,
+}
+
+/// `[attestation]`: how this appliance appraises other parties' evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttestationConfig {
+    /// Reference values (docs/attestation.md) for `POST /v1/appraisals`; without them the
+    /// endpoint refuses every request.
+    pub reference: Option<PathBuf>,
 }
 
 /// `[log]`
@@ -209,6 +218,15 @@ struct RawConfig {
     log: RawLog,
     tpm: RawTpm,
     api: RawApi,
+    #[serde(default)]
+    attestation: RawAttestation,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAttestation {
+    #[serde(default)]
+    reference: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -270,6 +288,13 @@ impl Validator<'_> {
             log: self.log(raw.log)?,
             tpm: self.tpm(raw.tpm)?,
             api: self.api(raw.api)?,
+            attestation: AttestationConfig {
+                reference: raw
+                    .attestation
+                    .reference
+                    .map(|p| self.path("attestation.reference", p))
+                    .transpose()?,
+            },
         })
     }
 

@@ -144,8 +144,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tcg_event_log: read_event_log(config.tpm.event_log.as_deref())?,
         signer,
         challenges: Mutex::new(Challenges::new(CHALLENGE_TTL_SECS, MAX_CHALLENGES)),
-        reference: None,
-        reference_path: None,
+        reference: match &config.attestation.reference {
+            Some(p) => Some(crate::client::load_reference(p)?),
+            None => None,
+        },
+        reference_path: config.attestation.reference.clone(),
     });
     let app = api::router(state, config.api.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.api.listen)

@@ -247,3 +247,45 @@ async fn bad_requests_get_a_4xx_with_a_message() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
 }
+
+#[test]
+fn remembered_clock_refuses_older_evidence() {
+    if !tools_or_skip() {
+        return;
+    }
+    let node = Node::start(wardend(), "node-a");
+    let reference = capture(&node);
+    let state = node.dir.path().join("wardctl-state.json");
+    let run = || {
+        wardctl(&[
+            "attest",
+            "--url",
+            &node.url(),
+            "--ca",
+            node.ca().to_str().unwrap(),
+            "--reference",
+            reference.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ])
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("n/a clock"));
+    let o = run();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ok  clock"));
+    // Pretend a newer quote was seen before (as if this one were a replay of an older one).
+    let mut s: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    for (_, clock) in s["clocks"].as_object_mut().unwrap().iter_mut() {
+        clock["reset_count"] = serde_json::json!(clock["reset_count"].as_u64().unwrap() + 1);
+    }
+    std::fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
+    let o = run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("FAIL [clock]"),
+        "{}",
+        text(&o)
+    );
+}

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use warden::client::{self, Client};
 use warden_attest::binding::Nonce;
+use warden_attest::tpm2::Public;
 use warden_attest::verify::Check;
 
 #[derive(Parser, Debug)]
@@ -42,6 +43,10 @@ enum Command {
         /// Print the verdict as JSON.
         #[arg(long)]
         json: bool,
+        /// Remember the TPM clock of each accepted appliance in FILE and refuse evidence older
+        /// than the last accepted (replayed or rolled-back evidence).
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// Show an appliance's identity (AK, EK certificate, TLS key, result key).
     Identity {
@@ -111,7 +116,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             conn,
             reference,
             json,
-        } => attest(conn, reference, json).await,
+            state,
+        } => attest(conn, reference, json, state).await,
         Command::Identity { conn } => {
             let id = Client::new(&conn.url, &conn.ca)?.identity().await?;
             println!("{}", serde_json::to_string_pretty(&id)?);
@@ -164,12 +170,48 @@ const ALL_CHECKS: [Check; 16] = [
     Check::ReferenceValues,
 ];
 
-async fn attest(conn: Conn, reference: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
+async fn attest(
+    conn: Conn,
+    reference: PathBuf,
+    json: bool,
+    state_path: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let reference = client::load_reference(&reference)?;
     let client = Client::new(&conn.url, &conn.ca)?;
+    let mut state = match &state_path {
+        Some(p) => Some(client::VerifierState::load(p)?),
+        None => None,
+    };
     let nonce = Nonce::random()?;
     let fetched = client.evidence(&nonce, Some(reference.selection())).await?;
-    let outcome = client::verify_fetched(&fetched, nonce, &reference);
+    let ak_name = Public::decode(&fetched.evidence.ak_public)
+        .ok()
+        .and_then(|p| p.name())
+        .map(hex::encode)
+        .unwrap_or_default();
+    let previous = state.as_ref().and_then(|s| s.clocks.get(&ak_name).copied());
+    let outcome = client::verify_fetched_after(&fetched, nonce, &reference, previous);
+    if let (Some(state), Some(path), Ok(v)) = (state.as_mut(), &state_path, &outcome) {
+        state.clocks.insert(ak_name.clone(), v.clock);
+        state.save(path)?;
+    }
+    // Checks that had nothing to check are shown as such, not as passed.
+    let not_applicable = |c: Check| -> Option<&'static str> {
+        match c {
+            Check::AkPin if reference.ak_name.is_none() => {
+                Some("no ak_name in the reference values")
+            }
+            Check::Clock if previous.is_none() => {
+                Some("no earlier result for this AK (see --state)")
+            }
+            Check::EventLog
+                if fetched.evidence.tcg_event_log.is_none() && reference.tcg_events.is_empty() =>
+            {
+                Some("the platform has no event log")
+            }
+            _ => None,
+        }
+    };
     if json {
         let v = match &outcome {
             Ok(v) => serde_json::json!({
@@ -202,7 +244,10 @@ async fn attest(conn: Conn, reference: PathBuf, json: bool) -> anyhow::Result<Ex
                     println!("measured   {} {}", e.kind, e.detail);
                 }
                 for c in ALL_CHECKS {
-                    println!("  ok  {}", c.name());
+                    match not_applicable(c) {
+                        Some(why) => println!("  n/a {} ({why})", c.name()),
+                        None => println!("  ok  {}", c.name()),
+                    }
                 }
                 println!("verdict    PASS: the appliance is in a state the reference values allow");
             }

@@ -23,6 +23,11 @@ pub struct Node {
 impl Node {
     /// Start swtpm and wardend; `wardend` is the daemon binary.
     pub fn start(wardend: &Path, name: &str) -> Node {
+        Self::start_with_reference(wardend, name, None)
+    }
+
+    /// Like [`Node::start`], with reference values (TOML) for `POST /v1/appraisals`.
+    pub fn start_with_reference(wardend: &Path, name: &str, reference: Option<&str>) -> Node {
         std::env::set_var("TSS2_LOG", "esys+none,tcti+none");
         let swtpm = Swtpm::start().expect("starting swtpm");
         let dir = tempfile::tempdir().unwrap();
@@ -35,7 +40,10 @@ impl Node {
             child: None,
             wardend: wardend.to_owned(),
         };
-        node.write_config();
+        if let Some(r) = reference {
+            std::fs::write(node.dir.path().join("appraisal-reference.toml"), r).unwrap();
+        }
+        node.write_config(reference.is_some());
         node.spawn();
         node
     }
@@ -56,7 +64,7 @@ impl Node {
         self.dir.path().join("wardend.log")
     }
 
-    fn write_config(&mut self) {
+    fn write_config(&mut self, with_reference: bool) {
         self.port = warden_testkit::free_port_pair();
         let text = format!(
             r#"# Generated for a test or the demo.
@@ -81,7 +89,11 @@ key = "tls/server.key"
             name = self.name,
             tcti = self.swtpm.tcti(),
             port = self.port
-        );
+        ) + if with_reference {
+            "\n[attestation]\nreference = \"appraisal-reference.toml\"\n"
+        } else {
+            ""
+        };
         std::fs::write(self.config_path(), text).unwrap();
     }
 
