@@ -9,10 +9,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use warden_attest::binding::{purpose, FreshNonce, Nonce};
 use warden_attest::evidence::{Evidence, MAX_EVIDENCE_BYTES};
-use warden_attest::reference::{AllowedApplianceEvent, ReferenceValues};
-use warden_attest::tpm2::{ClockInfo, Public};
+use warden_attest::reference::ReferenceValues;
+use warden_attest::tpm2::ClockInfo;
 use warden_attest::verify::{self, Expected, Rejected, Verified};
-use warden_attest::HashAlg;
 
 use crate::tls;
 use crate::wire::{AttestationRequest, ErrorBody, Identity};
@@ -209,39 +208,10 @@ pub async fn capture_reference(
     let identity = client.identity().await?;
     let nonce = Nonce::random()?;
     let fetched = client.evidence(&nonce, pcrs).await?;
-    let ev = &fetched.evidence;
-    let ak_name = Public::decode(&ev.ak_public)
-        .ok()
-        .and_then(|p| p.name())
-        .context("the evidence's attestation key does not decode")?;
-    if hex::encode(&ak_name) != identity.ak_name {
+    let reference = ReferenceValues::from_evidence(&fetched.evidence)?;
+    if reference.ak_name.as_ref().map(hex::encode) != Some(identity.ak_name.clone()) {
         bail!("the evidence's attestation key is not the one in /v1/identity");
     }
-    let values = ev
-        .pcrs
-        .get(HashAlg::Sha256.name())
-        .context("the evidence has no sha256 PCR values")?;
-    let mut pcrs = std::collections::BTreeMap::new();
-    for (idx, v) in values {
-        if *idx != ev.appliance_pcr {
-            pcrs.insert(*idx, hex::decode(v).context("malformed PCR value")?);
-        }
-    }
-    let reference = ReferenceValues {
-        bank: HashAlg::Sha256,
-        ak_name: Some(ak_name),
-        appliance_pcr: ev.appliance_pcr,
-        pcrs,
-        appliance_events: ev
-            .appliance_log
-            .iter()
-            .map(|e| AllowedApplianceEvent {
-                kind: e.kind.clone(),
-                detail: e.detail.clone(),
-            })
-            .collect(),
-        tcg_events: Default::default(),
-    };
     verify_fetched(&fetched, nonce, &reference)
         .map_err(|r| anyhow::anyhow!("the appliance's own evidence does not verify: {r}"))?;
     Ok(reference)

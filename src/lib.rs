@@ -1,4 +1,5 @@
 //! The Warden appliance: wardend (the daemon) and wardctl (the operator and tenant CLI).
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod logging;

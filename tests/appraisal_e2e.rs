@@ -20,10 +20,9 @@ use warden_attest::applog::ApplianceEvent;
 use warden_attest::binding::{purpose, Nonce};
 use warden_attest::collect::{collect, Request};
 use warden_attest::ear::Status;
-use warden_attest::reference::{AllowedApplianceEvent, ReferenceValues};
+use warden_attest::reference::ReferenceValues;
 use warden_attest::tpm::{AkAlgorithm, Tpm};
-use warden_attest::tpm2::Public;
-use warden_attest::{Evidence, HashAlg};
+use warden_attest::Evidence;
 
 const AK: u32 = 0x8101_0002;
 const KEY: &[u8] = b"workload ephemeral public key";
@@ -72,25 +71,7 @@ impl Peer {
 
     fn reference(&mut self) -> ReferenceValues {
         let e = self.evidence(&Nonce::random().unwrap(), KEY);
-        ReferenceValues {
-            bank: HashAlg::Sha256,
-            ak_name: Public::decode(&e.ak_public).unwrap().name(),
-            appliance_pcr: 15,
-            pcrs: e.pcrs["sha256"]
-                .iter()
-                .filter(|(k, _)| **k != 15)
-                .map(|(k, v)| (*k, hex::decode(v).unwrap()))
-                .collect(),
-            appliance_events: self
-                .log
-                .iter()
-                .map(|a| AllowedApplianceEvent {
-                    kind: a.kind.clone(),
-                    detail: a.detail.clone(),
-                })
-                .collect(),
-            tcg_events: Default::default(),
-        }
+        ReferenceValues::from_evidence(&e).unwrap()
     }
 }
 

@@ -7,10 +7,8 @@ use std::path::PathBuf;
 use warden_attest::applog::ApplianceEvent;
 use warden_attest::binding::{purpose, Nonce};
 use warden_attest::collect::{collect, Request};
-use warden_attest::reference::{AllowedApplianceEvent, ReferenceValues};
+use warden_attest::reference::ReferenceValues;
 use warden_attest::tpm::{AkAlgorithm, Tpm};
-use warden_attest::tpm2::Public;
-use warden_attest::HashAlg;
 
 fn main() {
     std::env::set_var("TSS2_LOG", "esys+none,tcti+none");
@@ -43,24 +41,7 @@ fn main() {
             },
         )
         .unwrap();
-        let reference = ReferenceValues {
-            bank: HashAlg::Sha256,
-            ak_name: Public::decode(&ak_public).unwrap().name(),
-            appliance_pcr: 15,
-            pcrs: evidence.pcrs["sha256"]
-                .iter()
-                .filter(|(k, _)| **k != 15)
-                .map(|(k, v)| (*k, hex::decode(v).unwrap()))
-                .collect(),
-            appliance_events: log
-                .iter()
-                .map(|e| AllowedApplianceEvent {
-                    kind: e.kind.clone(),
-                    detail: e.detail.clone(),
-                })
-                .collect(),
-            tcg_events: Default::default(),
-        };
+        let reference = ReferenceValues::from_evidence(&evidence).unwrap();
         let w = |f: &str, b: &[u8]| std::fs::write(out.join(format!("{name}-{f}")), b).unwrap();
         w("evidence.json", &evidence.to_json());
         w("reference.toml", reference.to_toml().as_bytes());

@@ -90,6 +90,13 @@ impl HashAlg {
     }
 }
 
+/// Equality of digests, MACs and nonces in time that depends only on the lengths (which are
+/// not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    a.len() == b.len() && std::hint::black_box(diff) == 0
+}
+
 impl fmt::Display for HashAlg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

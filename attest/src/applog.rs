@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::alg::HashAlg;
+use crate::alg::{ct_eq, HashAlg};
 
 pub const MAX_EVENTS: usize = 4096;
 pub const MAX_KIND: usize = 64;
@@ -91,7 +91,7 @@ pub fn replay(events: &[ApplianceEvent]) -> Result<[u8; 32], AppLogError> {
     for (index, e) in events.iter().enumerate() {
         let computed = e.computed_digest()?;
         let recorded = hex::decode(&e.digest).unwrap_or_default();
-        if !ring_eq(&recorded, &computed) {
+        if !ct_eq(&recorded, &computed) {
             return Err(AppLogError::DigestMismatch {
                 index,
                 kind: e.kind.clone(),
@@ -101,10 +101,6 @@ pub fn replay(events: &[ApplianceEvent]) -> Result<[u8; 32], AppLogError> {
         pcr.copy_from_slice(next.get(..32).unwrap_or(&[0u8; 32]));
     }
     Ok(pcr)
-}
-
-fn ring_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

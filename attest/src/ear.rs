@@ -13,6 +13,7 @@
 use std::collections::btree_map::{BTreeMap, Entry};
 use std::fmt;
 
+use crate::alg::ct_eq;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::agreement;
@@ -496,12 +497,6 @@ fn unique_submods<'de, D: Deserializer<'de>>(
 
 fn clip(s: &str) -> String {
     s.chars().take(ECHO_MAX).collect()
-}
-
-/// Constant-time equality for equal lengths (the length of a base64 nonce is not secret).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    a.len() == b.len() && std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]

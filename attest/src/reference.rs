@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::alg::HashAlg;
+use crate::evidence::Evidence;
+use crate::tpm2::Public;
 
 pub const MAX_REFERENCE_BYTES: usize = 1024 * 1024;
 const NUM_PCRS: u8 = 24;
@@ -199,6 +201,48 @@ impl ReferenceValues {
                 .collect(),
         };
         toml::to_string_pretty(&raw).unwrap_or_default()
+    }
+
+    /// Reference values that accept exactly the state `evidence` shows: its SHA-256 PCR values
+    /// as golden values (the appliance PCR excepted), its appliance measurements, and its AK.
+    /// This is trust on first use: only call it on evidence from a known-good appliance, and
+    /// verify that evidence against the result before relying on it.
+    pub fn from_evidence(evidence: &Evidence) -> Result<Self, ReferenceError> {
+        let bank = HashAlg::Sha256;
+        let ak_name = Public::decode(&evidence.ak_public)
+            .ok()
+            .and_then(|p| p.name())
+            .ok_or_else(|| {
+                invalid(
+                    "ak_public",
+                    "the evidence's attestation key does not decode",
+                )
+            })?;
+        let values = evidence
+            .pcrs
+            .get(bank.name())
+            .ok_or_else(|| invalid("pcrs", "the evidence has no sha256 PCR values"))?;
+        let mut pcrs = BTreeMap::new();
+        for (idx, v) in values {
+            if *idx != evidence.appliance_pcr {
+                pcrs.insert(*idx, digest_hex(&format!("pcrs.{idx}"), v, bank)?);
+            }
+        }
+        Ok(ReferenceValues {
+            bank,
+            ak_name: Some(ak_name),
+            appliance_pcr: evidence.appliance_pcr,
+            pcrs,
+            appliance_events: evidence
+                .appliance_log
+                .iter()
+                .map(|e| AllowedApplianceEvent {
+                    kind: e.kind.clone(),
+                    detail: e.detail.clone(),
+                })
+                .collect(),
+            tcg_events: BTreeSet::new(),
+        })
     }
 
     /// The PCRs a quote must cover: every golden PCR, every PCR the event policy names, and the

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::alg::HashAlg;
+use crate::alg::{ct_eq, HashAlg};
 use crate::applog::{self, AppLogError, ApplianceEvent};
 use crate::binding::{self, BindingError, FreshNonce};
 use crate::codec::DecodeError;
@@ -237,10 +237,6 @@ impl From<VerifyError> for Rejected {
     fn from(e: VerifyError) -> Self {
         Rejected { failures: vec![e] }
     }
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn decode_err(structure: &'static str) -> impl Fn(DecodeError) -> VerifyError {

@@ -7,16 +7,16 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use warden_attest::applog::ApplianceEvent;
 use warden_attest::binding::{extra_data, purpose, ChallengeError, Challenges, FreshNonce, Nonce};
 use warden_attest::collect::{collect, Request};
-use warden_attest::eventlog::{EventLogBuilder, EV_NO_ACTION};
+use warden_attest::eventlog::{EventLog, EventLogBuilder, EV_NO_ACTION};
 use warden_attest::evidence::Evidence;
-use warden_attest::reference::{AllowedApplianceEvent, AllowedTcgEvent, ReferenceValues};
+use warden_attest::reference::{AllowedTcgEvent, ReferenceValues};
 use warden_attest::tpm::{forge, AkAlgorithm, Tpm};
-use warden_attest::tpm2::{self, Attest, Attested, ClockInfo, PcrSelection, Public, Signature};
+use warden_attest::tpm2::{self, Attest, Attested, ClockInfo, PcrSelection, Signature};
 use warden_attest::verify::{verify, Check, Expected, Rejected, Verified};
 use warden_attest::HashAlg;
 use warden_testkit::{Swtpm, SwtpmOptions};
@@ -92,26 +92,7 @@ impl Fixture {
 
 /// Reference values that accept exactly what `e` shows (golden PCRs, events, AK pin).
 fn reference_from(e: &Evidence) -> ReferenceValues {
-    let values = &e.pcrs["sha256"];
-    ReferenceValues {
-        bank: HashAlg::Sha256,
-        ak_name: Public::decode(&e.ak_public).unwrap().name(),
-        appliance_pcr: APP_PCR,
-        pcrs: values
-            .iter()
-            .filter(|(k, _)| **k != APP_PCR)
-            .map(|(k, v)| (*k, hex::decode(v).unwrap()))
-            .collect(),
-        appliance_events: e
-            .appliance_log
-            .iter()
-            .map(|a| AllowedApplianceEvent {
-                kind: a.kind.clone(),
-                detail: a.detail.clone(),
-            })
-            .collect(),
-        tcg_events: Default::default(),
-    }
+    ReferenceValues::from_evidence(e).unwrap()
 }
 
 fn check(e: &Evidence, nonce: &Nonce, r: &ReferenceValues) -> Result<Verified, Rejected> {
@@ -509,6 +490,18 @@ fn appliance_log_must_replay_and_be_allowed() {
     assert!(rej.to_string().contains("wardend-binary"), "{rej}");
 }
 
+/// An event-log policy that lists exactly the events of `log`.
+fn policy_from(log: &EventLog) -> BTreeSet<AllowedTcgEvent> {
+    log.events
+        .iter()
+        .map(|ev| AllowedTcgEvent {
+            pcr: ev.pcr,
+            event_type: ev.event_type,
+            digest: ev.digests[0].1.clone(),
+        })
+        .collect()
+}
+
 /// A platform event log made in the test and extended into swtpm, as firmware would.
 fn measured_boot(fx: &mut Fixture) -> (Vec<u8>, EventLogBuilder) {
     let mut b = EventLogBuilder::new(&[HashAlg::Sha256]);
@@ -536,15 +529,7 @@ fn event_log_replays_to_the_quoted_pcrs() {
     check(&e, &nonce, &r).unwrap();
     // With an event-log policy listing exactly these events.
     let parsed = warden_attest::eventlog::parse(&log).unwrap();
-    r.tcg_events = parsed
-        .events
-        .iter()
-        .map(|ev| AllowedTcgEvent {
-            pcr: ev.pcr,
-            event_type: ev.event_type,
-            digest: ev.digests[0].1.clone(),
-        })
-        .collect();
+    r.tcg_events = policy_from(&parsed);
     check(&e, &nonce, &r).unwrap();
 }
 
@@ -556,15 +541,7 @@ fn relabelled_event_type_is_caught() {
     let good = fx.evidence_for(&nonce, &pcrs(), Some(&log));
     let mut r = reference_from(&good);
     let parsed = warden_attest::eventlog::parse(&log).unwrap();
-    r.tcg_events = parsed
-        .events
-        .iter()
-        .map(|ev| AllowedTcgEvent {
-            pcr: ev.pcr,
-            event_type: ev.event_type,
-            digest: ev.digests[0].1.clone(),
-        })
-        .collect();
+    r.tcg_events = policy_from(&parsed);
     // Rebuild the log with one event's type changed.
     let relabel = |new_type: u32| {
         let mut b = EventLogBuilder::new(&[HashAlg::Sha256]);
