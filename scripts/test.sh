@@ -51,7 +51,7 @@ run "clippy (warden-attest, no default features)" \
     cargo clippy -p warden-attest --no-default-features --all-targets -- -D warnings
 
 if cargo nextest --version >/dev/null 2>&1; then
-    run "tests (nextest)" cargo nextest run --workspace
+    run "tests (nextest)" cargo nextest run --workspace --no-fail-fast
 else
     run "tests (cargo test)" cargo test --workspace
 fi

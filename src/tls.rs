@@ -360,7 +360,7 @@ mod tests {
         }
 
         fn url(&self, path: &str) -> String {
-            format!("https://localhost:{}{path}", self.addr.port())
+            format!("https://127.0.0.1:{}{path}", self.addr.port())
         }
 
         async fn stop(mut self) {
@@ -527,7 +527,7 @@ mod tests {
         }));
 
         let client = client(&pki.ca_cert).unwrap();
-        let url = format!("https://localhost:{}/slow", addr.port());
+        let url = format!("https://127.0.0.1:{}/slow", addr.port());
         let request = tokio::spawn(async move { client.get(url).send().await?.text().await });
         entered_rx.await.unwrap();
         stop_tx.send(()).unwrap();
