@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
@@ -21,9 +21,13 @@ use warden_attest::reference::ReferenceValues;
 use warden_attest::verify::{self, Expected};
 
 use crate::appliance::TpmActor;
+use crate::audit::{now_ms, AuditLog};
+use crate::identity::{Identity as Caller, PeerIdentity};
 use crate::wire::{
     AppraisalRequest, AppraisalResponse, AttestationRequest, Challenge, ErrorBody, Identity,
 };
+use std::net::SocketAddr;
+use warden_audit::event::{Event, Kind, Outcome};
 
 /// How long an appraisal challenge stays redeemable, and how many may be outstanding.
 pub const CHALLENGE_TTL_SECS: u64 = 120;
@@ -47,6 +51,8 @@ pub struct ApiState {
     /// Reference values for appraising others' evidence, if configured.
     pub reference: Option<ReferenceValues>,
     pub reference_path: Option<PathBuf>,
+    pub audit: Arc<AuditLog>,
+    pub name: String,
 }
 
 type AppState = Arc<ApiState>;
@@ -59,7 +65,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -120,6 +132,9 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/v1/challenges", post(challenge)),
         (Method::POST, "/v1/appraisals", post(appraisal)),
     ]
+    .into_iter()
+    .chain(crate::audit_api::routes())
+    .collect()
 }
 
 /// The router with body limits and state.
@@ -147,8 +162,50 @@ async fn identity(State(s): State<AppState>) -> impl IntoResponse {
     Json(s.identity.clone())
 }
 
+/// The party on the other end of the connection, for audit entries: its certificate identity
+/// when it presented one, else its address; and the tenant the entry belongs to.
+fn actor(
+    peer: Option<&Extension<ConnectInfo<SocketAddr>>>,
+    who: Option<&Extension<PeerIdentity>>,
+) -> (String, Option<String>) {
+    match who.and_then(|w| (w.0).0.clone()) {
+        Some(Caller::Tenant(t)) => (format!("tenant:{t}"), Some(t)),
+        Some(id) => (id.to_string(), None),
+        None => (
+            peer.map_or_else(
+                || "peer:unknown".to_owned(),
+                |c| format!("peer:{}", (c.0).0),
+            ),
+            None,
+        ),
+    }
+}
+
+/// An event with the caller's actor and tenant filled in.
+fn event(kind: Kind, caller: &(String, Option<String>), subject: &str, outcome: Outcome) -> Event {
+    let e = Event::new(now_ms(), kind, &caller.0, subject, outcome);
+    match &caller.1 {
+        Some(t) => e.tenant(t),
+        None => e,
+    }
+}
+
+/// Record an audit event; if it cannot be recorded the operation is refused (fail closed).
+async fn audited(s: &AppState, event: Event) -> Result<u64, ApiError> {
+    s.audit
+        .record_async(event)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("{e}; the request is refused")))
+}
+
 /// `POST /v1/attestation`: nonce in, evidence bound to (nonce, tenant-API purpose, TLS key) out.
-async fn attestation(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn attestation(
+    State(s): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    who: Option<Extension<PeerIdentity>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = actor(peer.as_ref(), who.as_ref());
     let req: AttestationRequest = parse_json(&body)?;
     let nonce = parse_nonce(&req.nonce)?;
     let mut pcrs = match req.pcrs {
@@ -166,6 +223,7 @@ async fn attestation(State(s): State<AppState>, body: Bytes) -> Result<Response,
     pcrs.sort_unstable();
     pcrs.dedup();
 
+    let nonce_hex = hex::encode(nonce.as_bytes());
     let st = Arc::clone(&s);
     let evidence = s
         .tpm
@@ -188,12 +246,27 @@ async fn attestation(State(s): State<AppState>, body: Bytes) -> Result<Response,
             )
         })
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "quote failed");
-            ApiError::unavailable(format!("the TPM could not produce evidence: {e}"))
-        })?;
-    tracing::info!("served attestation evidence");
+        .map_err(|e| ApiError::unavailable(e.to_string()))
+        .and_then(|r| {
+            r.map_err(|e| {
+                tracing::error!(error = %e, "quote failed");
+                ApiError::unavailable(format!("the TPM could not produce evidence: {e}"))
+            })
+        });
+    let evidence = match evidence {
+        Ok(e) => e,
+        Err(err) => {
+            let entry = event(Kind::AttestationFailed, &caller, &s.name, Outcome::Failure)
+                .detail("error", err.message.clone());
+            audited(&s, entry).await?;
+            return Err(err);
+        }
+    };
+    let entry = event(Kind::AttestationServed, &caller, &s.name, Outcome::Success)
+        .detail("nonce", nonce_hex)
+        .detail("purpose", purpose::TENANT_API);
+    audited(&s, entry).await?;
+    tracing::info!(actor = %caller.0, "served attestation evidence");
     Ok(Json(evidence).into_response())
 }
 
@@ -216,8 +289,11 @@ async fn challenge(State(s): State<AppState>) -> Result<Json<Challenge>, ApiErro
 /// and unused.
 async fn appraisal(
     State(s): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    who: Option<Extension<PeerIdentity>>,
     body: Bytes,
 ) -> Result<Json<AppraisalResponse>, ApiError> {
+    let caller = actor(peer.as_ref(), who.as_ref());
     let req: AppraisalRequest = parse_json(&body)?;
     let nonce = parse_nonce(&req.nonce)?;
     let bound_key = B64
@@ -228,15 +304,23 @@ async fn appraisal(
             "this appliance has no reference values configured ([attestation] reference)",
         ));
     };
-    let fresh = s
+    let redeemed = s
         .challenges
         .lock()
         .map_err(|_| ApiError::unavailable("challenge store unavailable"))?
-        .redeem(&nonce, now_unix())
-        .map_err(|e| ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message: e.to_string(),
-        })?;
+        .redeem(&nonce, now_unix());
+    let fresh = match redeemed {
+        Ok(f) => f,
+        Err(e) => {
+            let entry = event(Kind::AppraisalRefused, &caller, "evidence", Outcome::Denied)
+                .detail("reason", e.to_string());
+            audited(&s, entry).await?;
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.to_string(),
+            ));
+        }
+    };
     let outcome = verify::verify(
         &req.evidence,
         Expected {
@@ -296,6 +380,19 @@ async fn appraisal(
         .signer
         .sign(&claims)
         .map_err(|e| ApiError::unavailable(format!("cannot sign the result: {e}")))?;
+    let (kind, result) = match status {
+        Status::Affirming => (Kind::AppraisalAffirming, Outcome::Success),
+        _ => (Kind::AppraisalContraindicated, Outcome::Failure),
+    };
+    let mut entry =
+        event(kind, &caller, &claims.sub, result).detail("result_id", claims.jti.clone());
+    if !failures.is_empty() {
+        entry = entry.detail(
+            "failures",
+            failures.join("; ").chars().take(4000).collect::<String>(),
+        );
+    }
+    audited(&s, entry).await?;
     tracing::info!(status = ?status, failures = failures.len(), "appraised evidence");
     Ok(Json(AppraisalResponse {
         status,

@@ -89,6 +89,9 @@ pub struct ApiConfig {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8).
     pub key: PathBuf,
+    /// PEM CA certificate(s) that client certificates must chain to. Without it no client
+    /// certificate is asked for, so no request has an operator or tenant identity.
+    pub client_ca: Option<PathBuf>,
     pub max_body_bytes: usize,
 }
 
@@ -259,6 +262,8 @@ struct RawApi {
     listen: SocketAddr,
     cert: Spanned<PathBuf>,
     key: Spanned<PathBuf>,
+    #[serde(default)]
+    client_ca: Option<Spanned<PathBuf>>,
     #[serde(default)]
     max_body_bytes: Option<Spanned<usize>>,
 }
@@ -478,6 +483,10 @@ impl Validator<'_> {
             listen: raw.listen,
             cert: self.path("api.cert", raw.cert)?,
             key: self.path("api.key", raw.key)?,
+            client_ca: raw
+                .client_ca
+                .map(|p| self.path("api.client_ca", p))
+                .transpose()?,
             max_body_bytes,
         })
     }
@@ -671,6 +680,7 @@ event_log = "/sys/kernel/security/tpm0/binary_bios_measurements"
 listen = "127.0.0.1:8443"
 cert = "tls/server.crt"
 key = "/etc/warden/tls/server.key"
+client_ca = "tls/clients-ca.crt"
 max_body_bytes = 4096
 "#;
 
@@ -753,6 +763,10 @@ key = "/etc/warden/tls/server.key"
         assert_eq!(c.api.listen, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(c.api.cert, Path::new("/etc/warden/tls/server.crt"));
         assert_eq!(c.api.key, Path::new("/etc/warden/tls/server.key"));
+        assert_eq!(
+            c.api.client_ca.as_deref(),
+            Some(Path::new("/etc/warden/tls/clients-ca.crt"))
+        );
         assert_eq!(c.api.max_body_bytes, 4096);
     }
 
@@ -767,6 +781,7 @@ key = "/etc/warden/tls/server.key"
         assert_eq!(c.tpm.quoted_pcrs(), [0, 1, 2, 3, 4, 5, 6, 7, 15]);
         assert_eq!(c.tpm.event_log, None);
         assert_eq!(c.api.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.api.client_ca, None);
     }
 
     #[test]
@@ -774,6 +789,10 @@ key = "/etc/warden/tls/server.key"
         let c = Config::from_str(FULL, Path::new("conf/wardend.toml")).unwrap();
         assert_eq!(c.state_dir, Path::new("conf/state"));
         assert_eq!(c.api.cert, Path::new("conf/tls/server.crt"));
+        assert_eq!(
+            c.api.client_ca.as_deref(),
+            Some(Path::new("conf/tls/clients-ca.crt"))
+        );
         let c = Config::from_str(FULL, Path::new("wardend.toml")).unwrap();
         assert_eq!(c.state_dir, Path::new("state"));
     }
@@ -784,6 +803,10 @@ key = "/etc/warden/tls/server.key"
         let c = Config::from_str(text, Path::new("docs/config.example.toml")).unwrap();
         assert_eq!(c.tpm.appliance_pcr, 15);
         assert_eq!(c.tpm.ak_handle, 0x8101_0002);
+        assert_eq!(
+            c.api.client_ca.as_deref(),
+            Some(Path::new("/etc/warden/tls/ca.crt"))
+        );
     }
 
     #[test]
@@ -935,6 +958,7 @@ key = "/etc/warden/tls/server.key"
             ("tpm", "event_log", "event_log = \"\"", "tpm.event_log"),
             ("api", "cert", "cert = \"\"", "api.cert"),
             ("api", "key", "key = \"\"", "api.key"),
+            ("api", "client_ca", "client_ca = \"\"", "api.client_ca"),
             (
                 "api",
                 "max_body_bytes",

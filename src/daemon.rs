@@ -16,13 +16,16 @@ use warden_attest::tpm2::Public;
 
 use crate::api::{self, ApiState, CHALLENGE_TTL_SECS, MAX_CHALLENGES};
 use crate::appliance::{file_sha256, TpmActor, TpmSettings};
+use crate::audit::{now_ms, AuditLog};
 use crate::config::{AkAlg, Config};
 use crate::tls;
 use crate::wire::Identity;
+use warden_audit::event::{Event, Kind, Outcome};
 
 /// Event kinds the daemon measures into the appliance PCR.
 pub const EVENT_BINARY: &str = "wardend-binary";
 pub const EVENT_RESULT_KEY: &str = "result-key";
+pub const EVENT_AUDIT_KEY: &str = "audit-key";
 
 fn ak_algorithm(a: AkAlg) -> AkAlgorithm {
     match a {
@@ -107,10 +110,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let signer = load_result_key(&config.state_dir)?;
     let jwk = signer.public_jwk();
     let key_detail = format!("es256:{}.{}", jwk.x, jwk.y);
+    let (audit, _recovery) = AuditLog::open(&config.state_dir, &config.name)?;
+    // The audit key is measured, so a tenant that verified the appliance can trust its log.
+    let audit_detail = audit.verifier_key().to_owned();
+    let binary_detail = binary.clone();
     let (ak_public, ek_certificate) = tpm
         .run(move |a| -> anyhow::Result<_> {
-            a.measure(EVENT_BINARY, &binary)?;
+            a.measure(EVENT_BINARY, &binary_detail)?;
             a.measure(EVENT_RESULT_KEY, &key_detail)?;
+            a.measure(EVENT_AUDIT_KEY, &audit_detail)?;
             Ok((a.ak_public.clone(), a.ek_certificate.clone()))
         })
         .await??;
@@ -119,7 +127,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .ok()
         .and_then(|p| p.name())
         .context("the TPM returned an attestation key that does not decode")?;
-    let tls_config = tls::server_config(&config.api.cert, &config.api.key)?;
+    let tls_config = tls::server_config(
+        &config.api.cert,
+        &config.api.key,
+        config.api.client_ca.as_deref(),
+    )?;
     let tls_spki = tls::spki_of_cert_pem(&config.api.cert)?;
     let identity = Identity {
         name: config.name.clone(),
@@ -134,6 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         result_key: jwk,
         appliance_pcr: config.tpm.appliance_pcr,
         quote_pcrs: config.tpm.quoted_pcrs(),
+        audit_key: audit.verifier_key().to_owned(),
     };
     let state = Arc::new(ApiState {
         tpm,
@@ -149,6 +162,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None => None,
         },
         reference_path: config.attestation.reference.clone(),
+        audit: Arc::clone(&audit),
+        name: config.name.clone(),
     });
     let app = api::router(state, config.api.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -160,7 +175,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ak_name = %hex::encode(&ak_name),
         "wardend ready"
     );
+    audit
+        .record_async(
+            Event::new(
+                now_ms(),
+                Kind::WardendStart,
+                "wardend",
+                &config.name,
+                Outcome::Success,
+            )
+            .detail("version", env!("CARGO_PKG_VERSION"))
+            .detail("binary", binary)
+            .detail("ak_name", hex::encode(&ak_name))
+            .detail("audit_key", audit.verifier_key()),
+        )
+        .await?;
     tls::serve(listener, tls_config, app, shutdown_signal()).await;
+    let stopped = Event::new(
+        now_ms(),
+        Kind::WardendStop,
+        "wardend",
+        &config.name,
+        Outcome::Success,
+    );
+    if let Err(e) = audit.record_async(stopped).await {
+        tracing::error!(error = %e, "could not record the stop");
+    }
+    audit.shutdown();
     tracing::info!("wardend stopped");
     Ok(())
 }

@@ -2,12 +2,16 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod identity;
 pub mod logging;
 pub mod pki;
 pub mod tls;
 
 pub mod api;
 pub mod appliance;
+pub mod audit;
+pub mod audit_api;
+pub mod audit_client;
 pub mod client;
 pub mod daemon;
 pub mod measure;

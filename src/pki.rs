@@ -1,6 +1,10 @@
 //! A throw-away PKI for the demo and the tests: one CA, a server certificate for the HTTPS
-//! API and an operator client certificate for mTLS. Not for production: the CA key sits on
+//! API and an operator client certificate for mTLS; [`issue_client_cert`] adds client
+//! certificates for further operators and tenants. Not for production: the CA key sits on
 //! disk next to the certificates it signs.
+//!
+//! Client certificates carry their identity as a `warden:` URI SubjectAltName
+//! ([`crate::identity`]).
 //!
 //! All keys are ECDSA P-256 in PKCS#8 PEM, written with mode 0600; certificates are PEM and
 //! valid for one year (backdated by [`CLOCK_SKEW`] so a slightly slow clock accepts them).
@@ -10,17 +14,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, PKCS_ECDSA_P256_SHA256,
 };
 use time::{Duration, OffsetDateTime};
+
+use crate::identity::Identity;
 
 /// Certificates are valid for this long from now.
 pub const VALIDITY: Duration = Duration::days(365);
 /// ... and from this long before now.
 pub const CLOCK_SKEW: Duration = Duration::minutes(5);
-/// Common name of the operator client certificate.
+/// Common name of the operator client certificate, and the operator name in its identity
+/// (`warden:operator:operator`).
 pub const OPERATOR_CN: &str = "operator";
 /// Names every demo server certificate carries besides the requested ones.
 pub const LOOPBACK_NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
@@ -102,10 +110,7 @@ pub fn generate_demo_pki(dir: &Path, server_names: &[String]) -> anyhow::Result<
 
     // Operator: TLS client authentication, for the admin API's mTLS.
     let operator_key = new_key()?;
-    let mut operator = params(Vec::new(), OPERATOR_CN, now)?;
-    operator.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    operator.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let operator_cert = operator
+    let operator_cert = client_params(&demo_operator(), OPERATOR_CN, now)?
         .signed_by(&operator_key, &issuer)
         .context("cannot sign the operator certificate")?;
 
@@ -116,6 +121,74 @@ pub fn generate_demo_pki(dir: &Path, server_names: &[String]) -> anyhow::Result<
     write_public(&paths.operator_cert, &operator_cert.pem())?;
     write_secret(&paths.operator_key, &operator_key.serialize_pem())?;
     Ok(paths)
+}
+
+/// The identity in the demo operator certificate.
+pub fn demo_operator() -> Identity {
+    Identity::Operator(OPERATOR_CN.to_owned())
+}
+
+/// Issues a client certificate for `identity` from the demo CA in `pki_dir` (`ca.crt` and
+/// `ca.key`, as [`generate_demo_pki`] writes them) and writes it as `<role>-<name>.crt` with
+/// its key `<role>-<name>.key` (mode 0600) into the same directory, replacing files of the same
+/// names. Returns the paths of the certificate and the key.
+pub fn issue_client_cert(
+    pki_dir: &Path,
+    identity: &Identity,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    // The name becomes part of a file name and a URI: only what parse_uri accepts.
+    if !identity.is_valid() {
+        anyhow::bail!(
+            "{:?} is not a valid {} name: use 1 to 63 of a-z, 0-9 and '-', starting with a \
+             letter or digit",
+            identity.name(),
+            identity.role()
+        );
+    }
+    let paths = DemoPki::paths(pki_dir);
+    let read = |path: &Path| {
+        fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
+    };
+    let ca_key = KeyPair::from_pem(&read(&paths.ca_key)?)
+        .with_context(|| format!("{}: not a PEM private key", paths.ca_key.display()))?;
+    let issuer = Issuer::from_ca_cert_pem(&read(&paths.ca_cert)?, ca_key)
+        .with_context(|| format!("{}: not a PEM CA certificate", paths.ca_cert.display()))?;
+    // Certificates signed with a key that is not the CA's would not chain: refuse up front.
+    let ca_spki = crate::tls::spki_of_cert_pem(&paths.ca_cert)?;
+    if issuer.key().subject_public_key_info() != ca_spki {
+        anyhow::bail!(
+            "{} does not belong to {}",
+            paths.ca_key.display(),
+            paths.ca_cert.display()
+        );
+    }
+
+    let key = new_key()?;
+    let cert = client_params(identity, &identity.to_string(), OffsetDateTime::now_utc())?
+        .signed_by(&key, &issuer)
+        .with_context(|| format!("cannot sign the certificate for {identity}"))?;
+    let stem = format!("{}-{}", identity.role(), identity.name());
+    let cert_path = pki_dir.join(format!("{stem}.crt"));
+    let key_path = pki_dir.join(format!("{stem}.key"));
+    write_public(&cert_path, &cert.pem())?;
+    write_secret(&key_path, &key.serialize_pem())?;
+    Ok((cert_path, key_path))
+}
+
+/// A TLS client certificate carrying `identity` as its one `warden:` URI SubjectAltName.
+fn client_params(
+    identity: &Identity,
+    common_name: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<CertificateParams> {
+    let uri = identity.uri();
+    let mut params = params(Vec::new(), common_name, now)?;
+    params.subject_alt_names = vec![SanType::URI(
+        Ia5String::try_from(uri.as_str()).with_context(|| format!("{uri:?} is not IA5"))?,
+    )];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
 }
 
 fn new_key() -> anyhow::Result<KeyPair> {
@@ -173,6 +246,7 @@ mod tests {
     use super::*;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, UnixTime};
+    use std::sync::Arc;
     use x509_parser::extensions::GeneralName;
     use x509_parser::prelude::*;
 
@@ -271,6 +345,11 @@ mod tests {
         let (_, operator) = parse_x509_certificate(&operator_der).unwrap();
         let cn = operator.subject().iter_common_name().next().unwrap();
         assert_eq!(cn.as_str().unwrap(), OPERATOR_CN);
+        assert_eq!(
+            crate::identity::from_cert_der(&operator_der),
+            Some(Identity::Operator("operator".to_owned()))
+        );
+        assert_eq!(demo_operator().uri(), "warden:operator:operator");
         let eku = operator.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth && !eku.server_auth);
 
@@ -289,6 +368,97 @@ mod tests {
         // ... and a server certificate is not a client certificate.
         let server = CertificateDer::from(der(&pki.server_cert));
         assert!(verifier.verify_client_cert(&server, &[], now).is_err());
+    }
+
+    fn client_verifier(pki: &DemoPki) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(der(&pki.ca_cert))).unwrap();
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            crate::tls::provider(),
+        )
+        .build()
+        .unwrap()
+    }
+
+    #[test]
+    fn issued_client_certificates_carry_the_identity_and_chain_to_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate_demo_pki(dir.path(), &[]).unwrap();
+        let verifier = client_verifier(&pki);
+        for (identity, stem) in [
+            (Identity::Tenant("acme".to_owned()), "tenant-acme"),
+            (Identity::Operator("alice".to_owned()), "operator-alice"),
+            (
+                Identity::Operator("operator".to_owned()),
+                "operator-operator",
+            ),
+        ] {
+            let (cert, key) = issue_client_cert(dir.path(), &identity).unwrap();
+            assert_eq!(cert, dir.path().join(format!("{stem}.crt")));
+            assert_eq!(key, dir.path().join(format!("{stem}.key")));
+            let cert_der = der(&cert);
+            assert_eq!(
+                crate::identity::from_cert_der(&cert_der),
+                Some(identity.clone())
+            );
+            let (_, parsed) = parse_x509_certificate(&cert_der).unwrap();
+            let cn = parsed.subject().iter_common_name().next().unwrap();
+            assert_eq!(cn.as_str().unwrap(), identity.to_string());
+            let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.client_auth && !eku.server_auth);
+            verifier
+                .verify_client_cert(&CertificateDer::from(cert_der), &[], UnixTime::now())
+                .unwrap();
+            // The key belongs to the certificate.
+            assert_eq!(
+                crate::tls::spki_of_cert_pem(&cert).unwrap(),
+                KeyPair::from_pem(&fs::read_to_string(&key).unwrap())
+                    .unwrap()
+                    .subject_public_key_info()
+            );
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", key.display());
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_identities_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        generate_demo_pki(dir.path(), &[]).unwrap();
+        let before = fs::read_dir(dir.path()).unwrap().count();
+        for bad in ["", "Acme", "-acme", "../acme", "a/b", &"a".repeat(64)] {
+            let err = issue_client_cert(dir.path(), &Identity::Tenant(bad.to_owned())).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("not a valid tenant name"),
+                "{err:#}"
+            );
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), before);
+    }
+
+    #[test]
+    fn issuing_needs_the_matching_ca_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = Identity::Tenant("acme".to_owned());
+        let err = issue_client_cert(&dir.path().join("none"), &acme).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("ca.key: cannot read"),
+            "{err:#}"
+        );
+
+        let a = generate_demo_pki(&dir.path().join("a"), &[]).unwrap();
+        let b = generate_demo_pki(&dir.path().join("b"), &[]).unwrap();
+        fs::copy(&b.ca_key, &a.ca_key).unwrap();
+        let err = issue_client_cert(&a.dir, &acme).unwrap_err();
+        assert!(format!("{err:#}").contains("does not belong to"), "{err:#}");
+        fs::copy(&a.server_key, &a.ca_key).unwrap();
+        fs::write(&a.ca_cert, "not a certificate").unwrap();
+        assert!(issue_client_cert(&a.dir, &acme).is_err());
     }
 
     #[test]

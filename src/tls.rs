@@ -8,6 +8,11 @@
 //!   a header-read deadline, failed handshakes logged at debug and never fatal, graceful
 //!   shutdown with a drain deadline.
 //!
+//! - client certificates (mTLS), when [`server_config`] is given a client CA: verified against
+//!   it in the handshake but optional, so the unauthenticated endpoints stay open to clients
+//!   without one. The identity of a verified certificate ([`crate::identity`]) reaches the
+//!   handlers as [`PeerIdentity`]; endpoints that need one take the [`Caller`] extractor.
+//!
 //! Handlers can take `axum::extract::ConnectInfo<SocketAddr>` to learn the peer address.
 
 use std::future::Future;
@@ -16,12 +21,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, NamedGroup, RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -29,6 +38,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
+
+pub use crate::identity::PeerIdentity;
+use crate::identity::{self, Identity};
 
 /// ALPN protocol both sides offer.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -67,6 +79,12 @@ pub enum TlsError {
     },
     #[error("cannot build the HTTPS client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("{}: cannot verify client certificates against it: {source}", path.display())]
+    ClientCa {
+        path: PathBuf,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
 }
 
 /// The crypto provider for every TLS endpoint of the appliance: aws-lc-rs, post-quantum hybrid
@@ -81,16 +99,42 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Server configuration from a PEM certificate chain (leaf first) and a PEM private key.
-pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+///
+/// With `client_ca` (PEM, one or more CA certificates), clients may present a certificate;
+/// one that does not chain to those CAs, is outside its validity or is not for client
+/// authentication ends the handshake. Clients without a certificate are let in: endpoints
+/// that need an identity refuse them with [`Caller`]. Without `client_ca`, no certificate is
+/// requested and no request has an identity.
+pub fn server_config(
+    cert_pem: &Path,
+    key_pem: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = read_certs(cert_pem)?;
     let key = read_key(key_pem)?;
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls {
             what: "TLS 1.3 with the aws-lc-rs provider".to_owned(),
             source,
-        })?
-        .with_no_client_auth()
+        })?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca_pem) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(root_store(ca_pem)?),
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|source| TlsError::ClientCa {
+                path: ca_pem.to_path_buf(),
+                source,
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|source| TlsError::Rustls {
             what: format!("{} with {}", cert_pem.display(), key_pem.display()),
@@ -104,6 +148,29 @@ pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerConfig
 /// HTTPS, ignores proxy settings, and records the peer certificate: read it with
 /// `resp.extensions().get::<reqwest::tls::TlsInfo>()`.
 pub fn client(ca_pem: &Path) -> Result<reqwest::Client, TlsError> {
+    https_client(client_config(ca_pem)?.with_no_client_auth())
+}
+
+/// Like [`client`], and presents the client certificate chain in `cert_pem` (leaf first) with
+/// the private key in `key_pem` to servers that ask for one (mTLS).
+pub fn client_with_identity(
+    ca_pem: &Path,
+    cert_pem: &Path,
+    key_pem: &Path,
+) -> Result<reqwest::Client, TlsError> {
+    let chain = read_certs(cert_pem)?;
+    let key = read_key(key_pem)?;
+    let config = client_config(ca_pem)?
+        .with_client_auth_cert(chain, key)
+        .map_err(|source| TlsError::Rustls {
+            what: format!("{} with {}", cert_pem.display(), key_pem.display()),
+            source,
+        })?;
+    https_client(config)
+}
+
+/// Every CA certificate of a PEM file, as trust anchors.
+fn root_store(ca_pem: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs(ca_pem)? {
         roots.add(cert).map_err(|source| TlsError::Rustls {
@@ -111,14 +178,22 @@ pub fn client(ca_pem: &Path) -> Result<reqwest::Client, TlsError> {
             source,
         })?;
     }
-    let mut config = ClientConfig::builder_with_provider(provider())
+    Ok(roots)
+}
+
+fn client_config(
+    ca_pem: &Path,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls {
             what: "TLS 1.3 with the aws-lc-rs provider".to_owned(),
             source,
         })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(root_store(ca_pem)?))
+}
+
+fn https_client(mut config: ClientConfig) -> Result<reqwest::Client, TlsError> {
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
@@ -297,8 +372,25 @@ async fn serve_connection(
         () = stopping(&mut stop) => return,
     };
 
+    // The handshake verified the chain (when a client CA is configured; otherwise no
+    // certificate was asked for and there is none).
+    let identity = PeerIdentity(
+        stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[CertificateDer]>::first)
+            .and_then(|leaf| {
+                let identity = identity::from_cert_der(leaf);
+                if identity.is_none() {
+                    debug!(%peer, "client certificate carries no usable warden identity");
+                }
+                identity
+            }),
+    );
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(identity.clone());
         app.clone().oneshot(request)
     });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -320,6 +412,75 @@ async fn serve_connection(
     }
 }
 
+/// The verified identity of the caller: an extractor for endpoints that need a client
+/// certificate. Requests without one (no certificate, a certificate without a single valid
+/// `warden:` identity, or a server without a client CA) are refused with 401.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller(pub Identity);
+
+impl Caller {
+    /// The operator's name, or 403 for a tenant.
+    pub fn operator(&self) -> Result<&str, ApiRejection> {
+        match &self.0 {
+            Identity::Operator(name) => Ok(name),
+            Identity::Tenant(_) => Err(ApiRejection::NotOperator),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<PeerIdentity>() {
+            Some(PeerIdentity(Some(identity))) => Ok(Caller(identity.clone())),
+            // Also when the extension is missing (a router served by something else than
+            // `serve`): no proof of identity, no identity.
+            _ => Err(ApiRejection::NoIdentity),
+        }
+    }
+}
+
+/// Why a request was refused for want of an identity or a role; answers with a JSON body
+/// `{"error": "..."}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ApiRejection {
+    /// 401: no verified client certificate with a warden identity.
+    NoIdentity,
+    /// 403: the caller is a tenant, the endpoint is for operators.
+    NotOperator,
+}
+
+impl ApiRejection {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ApiRejection::NoIdentity => StatusCode::UNAUTHORIZED,
+            ApiRejection::NotOperator => StatusCode::FORBIDDEN,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            ApiRejection::NoIdentity => {
+                "this endpoint needs a client certificate with a warden:operator:… or \
+                 warden:tenant:… identity"
+            }
+            ApiRejection::NotOperator => "operator role required",
+        }
+    }
+}
+
+impl IntoResponse for ApiRejection {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            axum::Json(serde_json::json!({ "error": self.message() })),
+        )
+            .into_response()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,7 +498,7 @@ mod tests {
 
     impl Server {
         async fn start(pki: &crate::pki::DemoPki) -> Server {
-            let tls = server_config(&pki.server_cert, &pki.server_key).unwrap();
+            let tls = server_config(&pki.server_cert, &pki.server_key, None).unwrap();
             let app = axum::Router::new()
                 .route("/", get(|| async { "hello" }))
                 .route(
@@ -506,7 +667,7 @@ mod tests {
     async fn shutdown_lets_the_request_in_flight_finish_and_stops_accepting() {
         let dir = tempfile::tempdir().unwrap();
         let pki = pki(&dir, "a");
-        let tls = server_config(&pki.server_cert, &pki.server_key).unwrap();
+        let tls = server_config(&pki.server_cert, &pki.server_key, None).unwrap();
         let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
         let entered = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
         let app = axum::Router::new().route(
@@ -546,26 +707,99 @@ mod tests {
         let b = pki(&dir, "b");
 
         let missing = dir.path().join("missing.crt");
-        let err = server_config(&missing, &a.server_key).unwrap_err();
+        let err = server_config(&missing, &a.server_key, None).unwrap_err();
         assert!(
             err.to_string().starts_with(&missing.display().to_string()),
             "{err}"
         );
 
         // A key file where a certificate is expected, and the other way round.
-        let err = server_config(&a.server_key, &a.server_key).unwrap_err();
+        let err = server_config(&a.server_key, &a.server_key, None).unwrap_err();
         assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
         assert!(err.to_string().contains("server.key"), "{err}");
-        let err = server_config(&a.server_cert, &a.server_cert).unwrap_err();
+        let err = server_config(&a.server_cert, &a.server_cert, None).unwrap_err();
         assert!(err.to_string().contains("no PRIVATE KEY"), "{err}");
 
         // A key that does not belong to the certificate.
-        let err = server_config(&a.server_cert, &b.server_key).unwrap_err();
+        let err = server_config(&a.server_cert, &b.server_key, None).unwrap_err();
         assert!(err.to_string().contains("server.crt"), "{err}");
         assert!(matches!(err, TlsError::Rustls { .. }), "{err:?}");
 
-        let server = server_config(&a.server_cert, &a.server_key).unwrap();
+        let server = server_config(&a.server_cert, &a.server_key, None).unwrap();
         assert_eq!(server.alpn_protocols, [ALPN_HTTP1.to_vec()]);
+    }
+
+    #[test]
+    fn client_ca_and_client_identity_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = pki(&dir, "a");
+        let b = pki(&dir, "b");
+
+        let missing = dir.path().join("missing-ca.crt");
+        let err = server_config(&a.server_cert, &a.server_key, Some(&missing)).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&missing.display().to_string()),
+            "{err}"
+        );
+        let err = server_config(&a.server_cert, &a.server_key, Some(&a.ca_key)).unwrap_err();
+        assert!(err.to_string().contains("ca.key"), "{err}");
+        assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
+        let server = server_config(&a.server_cert, &a.server_key, Some(&a.ca_cert)).unwrap();
+        assert_eq!(server.alpn_protocols, [ALPN_HTTP1.to_vec()]);
+
+        let err = client_with_identity(&a.ca_cert, &missing, &a.operator_key).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&missing.display().to_string()),
+            "{err}"
+        );
+        let err = client_with_identity(&a.ca_cert, &a.operator_cert, &a.operator_cert).unwrap_err();
+        assert!(err.to_string().contains("no PRIVATE KEY"), "{err}");
+        // A key that does not belong to the certificate.
+        let err = client_with_identity(&a.ca_cert, &a.operator_cert, &b.operator_key).unwrap_err();
+        assert!(err.to_string().contains("operator.crt"), "{err}");
+        assert!(matches!(err, TlsError::Rustls { .. }), "{err:?}");
+        client_with_identity(&a.ca_cert, &a.operator_cert, &a.operator_key).unwrap();
+    }
+
+    #[test]
+    fn rejections_are_401_and_403_with_json_messages() {
+        assert_eq!(ApiRejection::NoIdentity.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            ApiRejection::NoIdentity.message(),
+            "this endpoint needs a client certificate with a warden:operator:… or \
+             warden:tenant:… identity"
+        );
+        assert_eq!(ApiRejection::NotOperator.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            ApiRejection::NotOperator.message(),
+            "operator role required"
+        );
+        let operator = Caller(Identity::Operator("alice".to_owned()));
+        assert_eq!(operator.operator(), Ok("alice"));
+        let tenant = Caller(Identity::Tenant("acme".to_owned()));
+        assert_eq!(tenant.operator(), Err(ApiRejection::NotOperator));
+    }
+
+    #[tokio::test]
+    async fn caller_needs_a_peer_identity_in_the_extensions() {
+        async fn extract(identity: Option<PeerIdentity>) -> Result<Caller, ApiRejection> {
+            let mut request = axum::http::Request::new(());
+            if let Some(identity) = identity {
+                request.extensions_mut().insert(identity);
+            }
+            let (mut parts, ()) = request.into_parts();
+            Caller::from_request_parts(&mut parts, &()).await
+        }
+        let acme = Identity::Tenant("acme".to_owned());
+        assert_eq!(
+            extract(Some(PeerIdentity(Some(acme.clone())))).await,
+            Ok(Caller(acme))
+        );
+        assert_eq!(
+            extract(Some(PeerIdentity(None))).await,
+            Err(ApiRejection::NoIdentity)
+        );
+        assert_eq!(extract(None).await, Err(ApiRejection::NoIdentity));
     }
 
     #[test]

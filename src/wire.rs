@@ -34,6 +34,9 @@ pub struct Identity {
     pub result_key: Jwk,
     pub appliance_pcr: u8,
     pub quote_pcrs: Vec<u8>,
+    /// Signed-note verifier key of the audit log (`name+keyid+key`); also measured into the
+    /// appliance PCR as the `audit-key` event.
+    pub audit_key: String,
 }
 
 /// Error body of every 4xx/5xx.

@@ -63,6 +63,64 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// The audit log: checkpoints, entries, verification (needs a client certificate).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ClientCert {
+    /// Client certificate (PEM) carrying a warden:operator:… or warden:tenant:… identity.
+    #[arg(long, env = "WARDEN_CERT")]
+    cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, env = "WARDEN_KEY")]
+    key: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Print the latest signed checkpoint (C2SP signed note).
+    Checkpoint {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
+    /// Print entries START..END as JSON lines (a tenant sees only its own).
+    Entries {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        #[arg(long)]
+        end: Option<u64>,
+    },
+    /// Verify the log: the checkpoint's signature, consistency with a checkpoint saved
+    /// earlier, and every entry (all of them with --all, else the caller's own with their
+    /// inclusion proofs). Exit 1 if the log was rewritten, truncated or forked.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+        /// The audit log's verifier key (`name+keyid+key`).
+        #[arg(long, conflicts_with = "reference")]
+        vkey: Option<String>,
+        /// Take the verifier key from reference values (the appliance measured it).
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Checkpoint kept from the last run: the log must extend it; replaced on success.
+        #[arg(long)]
+        saved: Option<PathBuf>,
+        /// Download every entry and recompute the root (operators).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,6 +145,27 @@ enum PkiCommand {
         #[arg(long)]
         name: Vec<String>,
     },
+    /// Issue a client certificate (mTLS identity) from the demo CA in DIR, written to
+    /// DIR/<role>-<name>.crt and .key.
+    Client {
+        /// Directory of the demo PKI (as written by `pki demo --out DIR`).
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        holder: Holder,
+    },
+}
+
+/// Whom a client certificate is for: exactly one of the two.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Holder {
+    /// A tenant id (identity warden:tenant:ID).
+    #[arg(long, value_name = "ID")]
+    tenant: Option<String>,
+    /// An operator name (identity warden:operator:NAME).
+    #[arg(long, value_name = "NAME")]
+    operator: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +191,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Audit { command } => audit(command).await,
         Command::Attest {
             conn,
             reference,
@@ -145,6 +225,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!(
                 "wrote CA, server and operator certificates to {}",
                 pki.dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pki {
+            command: PkiCommand::Client { dir, holder },
+        } => {
+            let identity = match (holder.tenant, holder.operator) {
+                (Some(id), None) => warden::identity::Identity::Tenant(id),
+                (None, Some(name)) => warden::identity::Identity::Operator(name),
+                _ => anyhow::bail!("give exactly one of --tenant and --operator"),
+            };
+            let (cert, key) = warden::pki::issue_client_cert(&dir, &identity)?;
+            println!(
+                "wrote {} and {} for {}",
+                cert.display(),
+                key.display(),
+                identity.uri()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -267,4 +364,124 @@ async fn attest(
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let http = |conn: &Conn, cert: &ClientCert| {
+        warden::tls::client_with_identity(&conn.ca, &cert.cert, &cert.key)
+    };
+    match command {
+        AuditCommand::Checkpoint { conn, cert } => {
+            let resp = http(&conn, &cert)?
+                .get(format!(
+                    "{}/v1/audit/checkpoint",
+                    conn.url.trim_end_matches('/')
+                ))
+                .send()
+                .await?;
+            let status = resp.status();
+            let text = resp.text().await?;
+            if !status.is_success() {
+                anyhow::bail!("checkpoint: {status}: {text}");
+            }
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Entries {
+            conn,
+            cert,
+            start,
+            end,
+        } => {
+            let mut url = format!(
+                "{}/v1/audit/entries?start={start}",
+                conn.url.trim_end_matches('/')
+            );
+            if let Some(end) = end {
+                url.push_str(&format!("&end={end}"));
+            }
+            let resp = http(&conn, &cert)?.get(url).send().await?;
+            let status = resp.status();
+            let text = resp.text().await?;
+            if !status.is_success() {
+                anyhow::bail!("entries: {status}: {text}");
+            }
+            let page: warden::audit_api::EntriesResponse = serde_json::from_str(&text)?;
+            for e in page.entries {
+                println!(
+                    "{}",
+                    serde_json::json!({"seq": e.seq, "event": serde_json::from_str::<serde_json::Value>(&e.data).unwrap_or_default()})
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify {
+            conn,
+            cert,
+            vkey,
+            reference,
+            saved,
+            all,
+        } => {
+            let verifier = match (vkey, reference) {
+                (Some(v), _) => warden_audit::checkpoint::NoteVerifier::from_vkey(&v)
+                    .context("--vkey is not a signed-note verifier key")?,
+                (None, Some(r)) => warden::audit_client::vkey_from_reference(&r)?,
+                (None, None) => {
+                    anyhow::bail!("give --vkey or --reference (which names the audit key)")
+                }
+            };
+            let client = http(&conn, &cert)?;
+            let base = conn.url.trim_end_matches('/');
+            let result = warden::audit_client::verify(
+                &client,
+                base,
+                &verifier,
+                saved.as_deref(),
+                all,
+                |done, total| {
+                    if total > 10_000 && done % 100_000 < 1_000 {
+                        eprintln!("verified {done} of {total} entries");
+                    }
+                },
+            )
+            .await;
+            match result {
+                Ok(v) => {
+                    println!(
+                        "checkpoint  {} size {} root {}",
+                        v.checkpoint.origin,
+                        v.checkpoint.size,
+                        hex::encode(v.checkpoint.root)
+                    );
+                    println!("  ok  signature ({})", verifier.name());
+                    match v.extends {
+                        Some(old) => println!("  ok  extends the saved checkpoint of size {old}"),
+                        None => {
+                            println!("  n/a consistency (no saved checkpoint; give --saved FILE)")
+                        }
+                    }
+                    if all {
+                        println!(
+                            "  ok  all {} entries hash to the signed root",
+                            v.entries_checked
+                        );
+                    } else {
+                        println!(
+                            "  ok  {} visible entries proven included",
+                            v.entries_checked
+                        );
+                    }
+                    println!("verdict     PASS: the log is intact");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) if e.to_string().contains("cannot reach") => Err(e),
+                Err(e) => {
+                    println!("  FAIL {e:#}");
+                    println!("verdict     FAIL: do not trust this log");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
 }

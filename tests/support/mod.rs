@@ -85,6 +85,7 @@ quote_pcrs = [0, 1, 2, 3, 4, 5, 6, 7]
 listen = "127.0.0.1:{port}"
 cert = "tls/server.crt"
 key = "tls/server.key"
+client_ca = "tls/ca.crt"
 "#,
             name = self.name,
             tcti = self.swtpm.tcti(),
@@ -131,6 +132,23 @@ key = "tls/server.key"
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("wardend did not listen within 30 s:\n{}", self.log());
+    }
+
+    /// A client certificate and key for `identity` ("warden:tenant:acme"), from the node's CA.
+    pub fn client_cert(&self, identity: &str) -> (PathBuf, PathBuf) {
+        let id = warden::identity::parse_uri(identity).expect("a warden identity URI");
+        warden::pki::issue_client_cert(&self.dir.path().join("tls"), &id).unwrap()
+    }
+
+    /// The operator certificate the demo PKI made.
+    pub fn operator_cert(&self) -> (PathBuf, PathBuf) {
+        let tls = self.dir.path().join("tls");
+        (tls.join("operator.crt"), tls.join("operator.key"))
+    }
+
+    /// The audit log's directory.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.dir.path().join("state/audit")
     }
 
     /// wardend's log so far.

@@ -1,0 +1,252 @@
+//! The audit API: checkpoints, entries with inclusion proofs, consistency proofs and a live
+//! stream. Every route needs a client certificate: operators see every entry, a tenant only
+//! entries whose `tenant` is its own (other entries are not found, on every route).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::Method;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use warden_audit::event::Event;
+use warden_audit::merkle;
+
+use crate::api::{ApiError, ApiState};
+use crate::identity::Identity;
+use crate::tls::Caller;
+
+/// Most entries one request returns.
+pub const MAX_PAGE: u64 = 1000;
+
+type AppState = Arc<ApiState>;
+
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::GET, "/v1/audit/checkpoint", get(checkpoint)),
+        (Method::GET, "/v1/audit/entries", get(entries)),
+        (Method::GET, "/v1/audit/proof/inclusion", get(inclusion)),
+        (Method::GET, "/v1/audit/proof/consistency", get(consistency)),
+        (Method::GET, "/v1/audit/stream", get(stream)),
+    ]
+}
+
+/// One entry as served: the exact stored bytes (`data`, the leaf) and, in lists, its proof.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub seq: u64,
+    /// The stored event JSON, exactly as hashed into the leaf.
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesResponse {
+    /// The tree size the proofs are against: the size of `checkpoint`.
+    pub size: u64,
+    pub checkpoint: String,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofResponse {
+    pub proof: Vec<String>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "audit API failure");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("audit log unavailable: {e}"),
+    )
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such audit entry")
+}
+
+/// The entry at `seq` if `caller` may see it.
+fn visible(s: &ApiState, caller: &Identity, seq: u64) -> Result<Option<Vec<u8>>, ApiError> {
+    let data = s.audit.store().entry(seq).map_err(internal)?;
+    Ok(match caller {
+        Identity::Operator(_) => Some(data),
+        Identity::Tenant(t) => Event::from_leaf(&data)
+            .ok()
+            .filter(|e| e.tenant.as_deref() == Some(t.as_str()))
+            .map(|_| data),
+    })
+}
+
+async fn checkpoint(State(s): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
+    let (note, _) = s.audit.checkpoint().map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Range {
+    start: u64,
+    end: Option<u64>,
+}
+
+async fn entries(
+    State(s): State<AppState>,
+    Caller(caller): Caller,
+    Query(q): Query<Range>,
+) -> Result<Json<EntriesResponse>, ApiError> {
+    let st = Arc::clone(&s);
+    tokio::task::spawn_blocking(move || {
+        let (note, size) = st.audit.checkpoint().map_err(internal)?;
+        let end = q
+            .end
+            .unwrap_or(size)
+            .min(size)
+            .min(q.start.saturating_add(MAX_PAGE));
+        let mut out = Vec::new();
+        for seq in q.start..end {
+            if let Some(data) = visible(&st, &caller, seq)? {
+                let proof = st
+                    .audit
+                    .store()
+                    .inclusion_proof(seq, size)
+                    .map_err(internal)?;
+                out.push(Entry {
+                    seq,
+                    data: String::from_utf8_lossy(&data).into_owned(),
+                    proof: Some(merkle::encode_proof(&proof)),
+                });
+            }
+        }
+        Ok(Json(EntriesResponse {
+            size,
+            checkpoint: note,
+            entries: out,
+        }))
+    })
+    .await
+    .map_err(internal)?
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InclusionQuery {
+    seq: u64,
+    size: u64,
+}
+
+async fn inclusion(
+    State(s): State<AppState>,
+    Caller(caller): Caller,
+    Query(q): Query<InclusionQuery>,
+) -> Result<Json<ProofResponse>, ApiError> {
+    if q.seq >= q.size || q.size > s.audit.store().len() {
+        return Err(ApiError::bad_request(format!(
+            "seq {} is not in a tree of size {} (the log has {} entries)",
+            q.seq,
+            q.size,
+            s.audit.store().len()
+        )));
+    }
+    if visible(&s, &caller, q.seq)?.is_none() {
+        return Err(not_found());
+    }
+    let proof = s
+        .audit
+        .store()
+        .inclusion_proof(q.seq, q.size)
+        .map_err(internal)?;
+    Ok(Json(ProofResponse {
+        proof: merkle::encode_proof(&proof),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    old: u64,
+    new: u64,
+}
+
+/// Consistency proofs carry only subtree hashes, so every caller may have them.
+async fn consistency(
+    State(s): State<AppState>,
+    _caller: Caller,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Json<ProofResponse>, ApiError> {
+    if q.old == 0 || q.old > q.new || q.new > s.audit.store().len() {
+        return Err(ApiError::bad_request(format!(
+            "need 0 < old <= new <= {} (got old {}, new {})",
+            s.audit.store().len(),
+            q.old,
+            q.new
+        )));
+    }
+    let proof = s
+        .audit
+        .store()
+        .consistency_proof(q.old, q.new)
+        .map_err(internal)?;
+    Ok(Json(ProofResponse {
+        proof: merkle::encode_proof(&proof),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    #[serde(default)]
+    from: u64,
+}
+
+/// `GET /v1/audit/stream?from=N`: JSON lines (`{"seq":…,"data":…}`), from sequence number N
+/// on, following new entries as they are appended. A consumer that reconnects with
+/// `from = last seq + 1` gets every entry exactly once.
+async fn stream(
+    State(s): State<AppState>,
+    Caller(caller): Caller,
+    Query(q): Query<StreamQuery>,
+) -> Response {
+    let rx = s.audit.subscribe();
+    let state = (s, caller, q.from, rx);
+    let lines = futures_util::stream::unfold(state, |(s, caller, mut next, mut rx)| async move {
+        loop {
+            let len = s.audit.store().len();
+            if next < len {
+                let seq = next;
+                next += 1;
+                let st = Arc::clone(&s);
+                let who = caller.clone();
+                let found = tokio::task::spawn_blocking(move || visible(&st, &who, seq)).await;
+                match found {
+                    Ok(Ok(Some(data))) => {
+                        let mut line = serde_json::to_vec(&Entry {
+                            seq,
+                            data: String::from_utf8_lossy(&data).into_owned(),
+                            proof: None,
+                        })
+                        .unwrap_or_default();
+                        line.push(b'\n');
+                        return Some((Ok::<_, std::io::Error>(line), (s, caller, next, rx)));
+                    }
+                    Ok(Ok(None)) => continue,
+                    _ => return None,
+                }
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}

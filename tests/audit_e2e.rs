@@ -1,0 +1,276 @@
+//! The audit log of a running appliance: actions are recorded, consumers verify the log with
+//! wardctl, tampering with the stored log is detected, tenants see only their own entries, and
+//! the live stream resumes without loss or duplicates.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::{tools_or_skip, Node};
+use warden::audit_api::EntriesResponse;
+use warden_attest::binding::Nonce;
+
+fn wardend() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_wardend"))
+}
+
+fn wardctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wardctl"))
+        .args(args)
+        .output()
+        .expect("running wardctl")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Reference values captured from the node (they name the audit key).
+fn capture(node: &Node) -> PathBuf {
+    let out = node.dir.path().join("reference.toml");
+    let url = node.url();
+    let o = wardctl(&[
+        "reference",
+        "capture",
+        "--url",
+        &url,
+        "--ca",
+        s(&node.ca()),
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    out
+}
+
+fn verify(
+    node: &Node,
+    cert: &(PathBuf, PathBuf),
+    reference: &Path,
+    saved: &Path,
+    all: bool,
+) -> Output {
+    let url = node.url();
+    let ca = node.ca();
+    let mut args = vec![
+        "audit",
+        "verify",
+        "--url",
+        &url,
+        "--ca",
+        s(&ca),
+        "--cert",
+        s(&cert.0),
+        "--key",
+        s(&cert.1),
+        "--reference",
+        s(reference),
+        "--saved",
+        s(saved),
+    ];
+    if all {
+        args.push("--all");
+    }
+    wardctl(&args)
+}
+
+/// Fetch evidence as `cert`'s holder (so the attestation is recorded as theirs).
+async fn attest_as(node: &Node, cert: &(PathBuf, PathBuf)) {
+    let http = warden::tls::client_with_identity(&node.ca(), &cert.0, &cert.1).unwrap();
+    let body = serde_json::json!({"nonce": base64_nonce()});
+    let resp = http
+        .post(format!("{}/v1/attestation", node.url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+fn base64_nonce() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(Nonce::random().unwrap().as_bytes())
+}
+
+async fn entries(node: &Node, cert: &(PathBuf, PathBuf)) -> EntriesResponse {
+    let http = warden::tls::client_with_identity(&node.ca(), &cert.0, &cert.1).unwrap();
+    http.get(format!("{}/v1/audit/entries?start=0", node.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn actions_are_recorded_and_the_log_verifies() {
+    if !tools_or_skip() {
+        return;
+    }
+    let node = Node::start(wardend(), "node-a");
+    let reference = capture(&node);
+    let op = node.operator_cert();
+    let saved = node.dir.path().join("saved.note");
+    let o = verify(&node, &op, &reference, &saved, true);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("verdict     PASS"));
+    // More activity; the log must extend the saved checkpoint.
+    attest_as(&node, &node.client_cert("warden:tenant:acme")).await;
+    let o = verify(&node, &op, &reference, &saved, true);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("extends the saved checkpoint"),
+        "{}",
+        text(&o)
+    );
+    let page = entries(&node, &op).await;
+    let kinds: Vec<String> = page
+        .entries
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds[0], "wardend.start", "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "attestation.served"), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_own_entries_on_every_route() {
+    if !tools_or_skip() {
+        return;
+    }
+    let node = Node::start(wardend(), "node-a");
+    let a = node.client_cert("warden:tenant:alpha");
+    let b = node.client_cert("warden:tenant:bravo");
+    attest_as(&node, &a).await;
+    attest_as(&node, &b).await;
+    attest_as(&node, &a).await;
+
+    let mine = |page: &EntriesResponse, tenant: &str| {
+        page.entries.iter().all(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["tenant"] == tenant
+        })
+    };
+    let pa = entries(&node, &a).await;
+    assert_eq!(pa.entries.len(), 2);
+    assert!(mine(&pa, "alpha"));
+    let pb = entries(&node, &b).await;
+    assert_eq!(pb.entries.len(), 1);
+    assert!(mine(&pb, "bravo"));
+    let all = entries(&node, &node.operator_cert()).await;
+    assert!(all.entries.len() >= 4);
+
+    let http_a = warden::tls::client_with_identity(&node.ca(), &a.0, &a.1).unwrap();
+    let get = |url: String| {
+        let http = http_a.clone();
+        async move { http.get(url).send().await.unwrap() }
+    };
+    // Bravo's entry is not found for alpha: inclusion proof and stream.
+    let bravo_seq = pb.entries[0].seq;
+    let r = get(format!(
+        "{}/v1/audit/proof/inclusion?seq={bravo_seq}&size={}",
+        node.url(),
+        all.size
+    ))
+    .await;
+    assert_eq!(r.status().as_u16(), 404);
+    let alpha_seq = pa.entries[0].seq;
+    let r = get(format!(
+        "{}/v1/audit/proof/inclusion?seq={alpha_seq}&size={}",
+        node.url(),
+        all.size
+    ))
+    .await;
+    assert_eq!(r.status().as_u16(), 200);
+    let mut stream = get(format!("{}/v1/audit/stream?from=0", node.url())).await;
+    let mut seen = String::new();
+    while seen.lines().count() < 2 {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("stream stalled")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains("bravo"), "{seen}");
+
+    // Without a certificate: 401 on every audit route.
+    let anon = warden::tls::client(&node.ca()).unwrap();
+    for route in [
+        "checkpoint",
+        "entries?start=0",
+        "proof/inclusion?seq=0&size=1",
+        "proof/consistency?old=1&new=1",
+        "stream?from=0",
+    ] {
+        let r = anon
+            .get(format!("{}/v1/audit/{route}", node.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{route}");
+    }
+}
+
+/// Flip one byte of the first stored event; with `fix_crc` also recompute its checksum, as an
+/// attacker with write access to the disk would.
+fn tamper(audit_dir: &Path, fix_crc: bool) {
+    let seg = audit_dir.join("segments/00000000000000000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let len = u32::from_be_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    let payload = 8..8 + len;
+    let text = String::from_utf8(bytes[payload.clone()].to_vec()).unwrap();
+    let at = text.find("\"time_ms\":").unwrap() + "\"time_ms\":".len();
+    bytes[8 + at] = if bytes[8 + at] == b'1' { b'2' } else { b'1' };
+    if fix_crc {
+        let crc = warden_audit::store::record::crc32c(&bytes[payload]);
+        bytes[4..8].copy_from_slice(&crc.to_be_bytes());
+    }
+    std::fs::write(&seg, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_changed_byte_in_the_stored_log_is_detected() {
+    if !tools_or_skip() {
+        return;
+    }
+    for fix_crc in [false, true] {
+        let mut node = Node::start(wardend(), "node-a");
+        let reference = capture(&node);
+        let op = node.operator_cert();
+        let saved = node.dir.path().join("saved.note");
+        let o = verify(&node, &op, &reference, &saved, true);
+        assert!(o.status.success(), "{}", text(&o));
+        node.stop();
+        tamper(&node.audit_dir(), fix_crc);
+        node.restart();
+        let o = verify(&node, &op, &reference, &saved, true);
+        assert_eq!(o.status.code(), Some(1), "fix_crc={fix_crc}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("FAIL"),
+            "{}",
+            text(&o)
+        );
+    }
+}
