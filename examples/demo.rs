@@ -135,6 +135,76 @@ fn main() {
     ]));
     results.push(("wrong CA refused", !ok));
 
+    step(
+        7,
+        "the security team reads and verifies the audit log (signed checkpoint, every entry)",
+    );
+    let (op_cert, op_key) = node.operator_cert();
+    let (oc, ok_) = (op_cert.to_str().unwrap(), op_key.to_str().unwrap());
+    let (_, _) = run(&mut wardctl(&[
+        "audit", "entries", "--url", &url, "--ca", ca, "--cert", oc, "--key", ok_,
+    ]));
+    let saved = node.dir.path().join("audit-checkpoint.note");
+    let (ok, _) = run(&mut wardctl(&[
+        "audit",
+        "verify",
+        "--url",
+        &url,
+        "--ca",
+        ca,
+        "--cert",
+        oc,
+        "--key",
+        ok_,
+        "--reference",
+        r,
+        "--saved",
+        saved.to_str().unwrap(),
+        "--all",
+    ]));
+    results.push(("audit log verified", ok));
+
+    step(
+        8,
+        "tenant acme reads the audit log: only its own entry, with an inclusion proof",
+    );
+    let (tc, tk) = node.client_cert("warden:tenant:acme");
+    let (tc, tk) = (
+        tc.to_str().unwrap().to_owned(),
+        tk.to_str().unwrap().to_owned(),
+    );
+    let (_, _) = run(&mut wardctl(&[
+        "attest",
+        "--url",
+        &url,
+        "--ca",
+        ca,
+        "--reference",
+        r,
+        "--cert",
+        &tc,
+        "--key",
+        &tk,
+    ]));
+    let (ok, out) = run(&mut wardctl(&[
+        "audit",
+        "verify",
+        "--url",
+        &url,
+        "--ca",
+        ca,
+        "--cert",
+        &tc,
+        "--key",
+        &tk,
+        "--reference",
+        r,
+    ]));
+    results.push((
+        "tenant view verified",
+        ok && out.contains("1 visible entries"),
+    ));
+
     summary(&results, &node);
     drop(node);
     if results.iter().any(|(_, ok)| !ok) {

@@ -45,6 +45,19 @@ impl Client {
         })
     }
 
+    /// Like [`Client::new`], presenting a client certificate (so the appliance records the
+    /// request as this operator's or tenant's).
+    pub fn with_identity(
+        url: &str,
+        ca_pem: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut c = Client::new(url, ca_pem)?;
+        c.http = tls::client_with_identity(ca_pem, cert, key)?;
+        Ok(c)
+    }
+
     async fn send(
         &self,
         req: reqwest::RequestBuilder,

@@ -31,6 +31,28 @@ struct Conn {
     ca: PathBuf,
 }
 
+impl Conn {
+    /// A client, with the optional client certificate.
+    fn client(&self, cert: &OptionalCert) -> anyhow::Result<Client> {
+        match (&cert.cert, &cert.key) {
+            (Some(c), Some(k)) => Client::with_identity(&self.url, &self.ca, c, k),
+            (None, None) => Client::new(&self.url, &self.ca),
+            _ => anyhow::bail!("--cert and --key go together"),
+        }
+    }
+}
+
+/// An optional client certificate: the appliance then records requests as its holder's.
+#[derive(clap::Args, Debug)]
+struct OptionalCert {
+    /// Client certificate (PEM) with a warden:tenant:… or warden:operator:… identity.
+    #[arg(long = "cert", id = "client_cert")]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long = "key", id = "client_key")]
+    key: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Verify an appliance: send a fresh nonce, check its TPM evidence against reference values.
@@ -47,6 +69,8 @@ enum Command {
         /// than the last accepted (replayed or rolled-back evidence).
         #[arg(long)]
         state: Option<PathBuf>,
+        #[command(flatten)]
+        identity: OptionalCert,
     },
     /// Show an appliance's identity (AK, EK certificate, TLS key, result key).
     Identity {
@@ -197,7 +221,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             reference,
             json,
             state,
-        } => attest(conn, reference, json, state).await,
+            identity,
+        } => attest(conn, reference, json, state, identity).await,
         Command::Identity { conn } => {
             let id = Client::new(&conn.url, &conn.ca)?.identity().await?;
             println!("{}", serde_json::to_string_pretty(&id)?);
@@ -272,9 +297,10 @@ async fn attest(
     reference: PathBuf,
     json: bool,
     state_path: Option<PathBuf>,
+    identity: OptionalCert,
 ) -> anyhow::Result<ExitCode> {
     let reference = client::load_reference(&reference)?;
-    let client = Client::new(&conn.url, &conn.ca)?;
+    let client = conn.client(&identity)?;
     let mut state = match &state_path {
         Some(p) => Some(client::VerifierState::load(p)?),
         None => None,
