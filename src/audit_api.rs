@@ -203,43 +203,105 @@ async fn consistency(
 struct StreamQuery {
     #[serde(default)]
     from: u64,
+    /// `entries` (default): `{seq, data}`; `ocsf`: OCSF events for a SIEM.
+    #[serde(default)]
+    format: Format,
 }
 
-/// `GET /v1/audit/stream?from=N`: JSON lines (`{"seq":…,"data":…}`), from sequence number N
-/// on, following new entries as they are appended. A consumer that reconnects with
-/// `from = last seq + 1` gets every entry exactly once.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    #[default]
+    Entries,
+    Ocsf,
+}
+
+struct Follow {
+    s: AppState,
+    caller: Identity,
+    next: u64,
+    rx: tokio::sync::watch::Receiver<u64>,
+    format: Format,
+    /// Size of the last checkpoint signed for OCSF references.
+    signed: u64,
+}
+
+/// One line for entry `seq`, if the caller may see it.
+fn line(f: &Follow, seq: u64) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(data) = visible(&f.s, &f.caller, seq)? else {
+        return Ok(None);
+    };
+    let mut out = match f.format {
+        Format::Entries => serde_json::to_vec(&Entry {
+            seq,
+            data: String::from_utf8_lossy(&data).into_owned(),
+            proof: None,
+        }),
+        Format::Ocsf => {
+            let Ok(event) = Event::from_leaf(&data) else {
+                return Err(internal(format!("entry {seq} does not decode")));
+            };
+            let leaf = merkle::leaf_hash(&data);
+            serde_json::to_vec(&warden_audit::ocsf::to_ocsf(
+                &event,
+                warden_audit::ocsf::LogPosition {
+                    seq,
+                    leaf_hash: &leaf,
+                    origin: &f.s.name,
+                    checkpoint_size: f.signed,
+                },
+            ))
+        }
+    }
+    .map_err(internal)?;
+    out.push(b'\n');
+    Ok(Some(out))
+}
+
+/// `GET /v1/audit/stream?from=N[&format=ocsf]`: JSON lines from sequence number N on,
+/// following new entries as they are appended. A consumer that reconnects with
+/// `from = last seq + 1` gets every entry exactly once. In OCSF form every line names a signed
+/// checkpoint that includes it (one is signed whenever the stream catches up with the log).
 async fn stream(
     State(s): State<AppState>,
     Caller(caller): Caller,
     Query(q): Query<StreamQuery>,
 ) -> Response {
-    let rx = s.audit.subscribe();
-    let state = (s, caller, q.from, rx);
-    let lines = futures_util::stream::unfold(state, |(s, caller, mut next, mut rx)| async move {
+    let follow = Follow {
+        rx: s.audit.subscribe(),
+        s,
+        caller,
+        next: q.from,
+        format: q.format,
+        signed: 0,
+    };
+    let lines = futures_util::stream::unfold(follow, |mut f| async move {
         loop {
-            let len = s.audit.store().len();
-            if next < len {
-                let seq = next;
-                next += 1;
-                let st = Arc::clone(&s);
-                let who = caller.clone();
-                let found = tokio::task::spawn_blocking(move || visible(&st, &who, seq)).await;
-                match found {
-                    Ok(Ok(Some(data))) => {
-                        let mut line = serde_json::to_vec(&Entry {
-                            seq,
-                            data: String::from_utf8_lossy(&data).into_owned(),
-                            proof: None,
-                        })
-                        .unwrap_or_default();
-                        line.push(b'\n');
-                        return Some((Ok::<_, std::io::Error>(line), (s, caller, next, rx)));
+            let len = f.s.audit.store().len();
+            if f.next < len {
+                if f.format == Format::Ocsf && f.signed <= f.next {
+                    let st = Arc::clone(&f.s);
+                    match tokio::task::spawn_blocking(move || st.audit.checkpoint()).await {
+                        Ok(Ok((_, size))) => f.signed = size,
+                        _ => return None,
                     }
-                    Ok(Ok(None)) => continue,
-                    _ => return None,
+                }
+                let seq = f.next;
+                f.next += 1;
+                let (follow, found) = tokio::task::spawn_blocking(move || {
+                    let r = line(&f, seq);
+                    (f, r)
+                })
+                .await
+                .ok()?;
+                f = follow;
+                match found {
+                    Ok(Some(bytes)) => return Some((Ok::<_, std::io::Error>(bytes), f)),
+                    Ok(None) => continue,
+                    Err(_) => return None,
                 }
             }
-            if rx.changed().await.is_err() {
+            if f.rx.changed().await.is_err() {
                 return None;
             }
         }

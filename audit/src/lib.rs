@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod event;
 pub mod merkle;
+pub mod ocsf;
 pub mod store;
 
 /// A SHA-256 hash: leaf, node or root.
