@@ -1,4 +1,4 @@
-//! Merkle proof generation and verification on an in-memory tree of 10^3 .. 10^6 leaves:
+//! Merkle proof generation and verification on an in-memory tree of 10^3 .. 10^7 leaves:
 //! inclusion of the middle leaf, consistency from half the size. Generation reads O(log n)
 //! nodes through `NodeSource`; verification is O(log n) hashes and allocates nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +13,7 @@ use warden_audit::merkle::{
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("merkle");
     let mut tree = MemoryTree::new();
-    for n in [1_000u64, 10_000, 100_000, 1_000_000] {
+    for n in [1_000u64, 10_000, 100_000, 1_000_000, 10_000_000] {
         while tree.len() < n {
             tree.push(leaf_hash(&tree.len().to_le_bytes()));
         }
