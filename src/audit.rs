@@ -5,7 +5,6 @@
 //! Fail closed: an operation whose audit entry cannot be written is refused by its caller
 //! (`record` returns the error; handlers answer 503).
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,32 +51,12 @@ pub fn now_ms() -> i64 {
 
 /// Load the audit signing key, or create it (mode 0600).
 fn load_key(path: &Path, name: &str) -> anyhow::Result<NoteSigner> {
-    match std::fs::read(path) {
-        Ok(der) => {
-            let der = zeroize::Zeroizing::new(der);
-            NoteSigner::from_pkcs8(name, &der)
-                .with_context(|| format!("{}: not an Ed25519 PKCS#8 key", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (signer, der) = NoteSigner::generate(name)?;
-            let tmp = path.with_extension("tmp");
-            {
-                use std::io::Write as _;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .with_context(|| format!("creating {}", tmp.display()))?;
-                f.write_all(&der)?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, path)?;
-            Ok(signer)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    crate::keyfile::load_or_create(
+        path,
+        "audit signing key (Ed25519 PKCS#8)",
+        |der| Ok(NoteSigner::from_pkcs8(name, der)?),
+        || Ok(NoteSigner::generate(name)?),
+    )
 }
 
 impl AuditLog {

@@ -1,7 +1,7 @@
 //! wardend start-up: open the TPM (fail closed without one), measure what runs, load keys,
 //! and serve the API until SIGINT/SIGTERM.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -36,34 +36,12 @@ fn ak_algorithm(a: AkAlg) -> AkAlgorithm {
 
 /// Load the result-signing key, or create it (mode 0600) on first start.
 fn load_result_key(state_dir: &Path) -> anyhow::Result<ResultSigner> {
-    let path = state_dir.join("result-key.p8");
-    match std::fs::read(&path) {
-        Ok(der) => {
-            let der = zeroize::Zeroizing::new(der);
-            ResultSigner::from_pkcs8(&der)
-                .with_context(|| format!("{}: not a P-256 PKCS#8 key", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (signer, der) = ResultSigner::generate()?;
-            let tmp = path.with_extension("tmp");
-            {
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .with_context(|| format!("creating {}", tmp.display()))?;
-                f.write_all(&der)?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, &path)?;
-            tracing::info!(path = %path.display(), "created the attestation-result signing key");
-            Ok(signer)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    crate::keyfile::load_or_create(
+        &state_dir.join("result-key.p8"),
+        "attestation-result signing key (P-256 PKCS#8)",
+        |der| Ok(ResultSigner::from_pkcs8(der)?),
+        || Ok(ResultSigner::generate()?),
+    )
 }
 
 fn read_event_log(path: Option<&Path>) -> anyhow::Result<Option<Vec<u8>>> {

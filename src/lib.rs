@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod keyfile;
 pub mod logging;
 pub mod pki;
 pub mod tls;

@@ -8,33 +8,19 @@
     clippy::indexing_slicing
 )]
 
+mod cli;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use cli::{text, wardctl};
 use support::{tools_or_skip, Node};
 use warden::audit_api::EntriesResponse;
 use warden_attest::binding::Nonce;
 
 fn wardend() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_wardend"))
-}
-
-fn wardctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wardctl"))
-        .args(args)
-        .output()
-        .expect("running wardctl")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn s(p: &Path) -> &str {
