@@ -343,3 +343,82 @@ async fn stream_resumes_exactly_once_and_exports_ocsf() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 }
+
+#[tokio::test]
+async fn kill_9_during_a_burst_loses_no_acknowledged_entry() {
+    if !tools_or_skip() {
+        return;
+    }
+    let mut node = Node::start(wardend(), "node-a");
+    let reference = capture(&node);
+    let tenant = node.client_cert("warden:tenant:acme");
+    let http = warden::tls::client_with_identity(&node.ca(), &tenant.0, &tenant.1).unwrap();
+    // A burst of attestations from 8 clients; each 200 means its audit entry was durable.
+    let url = format!("{}/v1/attestation", node.url());
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (http, url, acked) = (http.clone(), url.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..200 {
+                use base64::Engine as _;
+                let nonce = Nonce::random().unwrap();
+                let body = serde_json::json!({
+                    "nonce": base64::engine::general_purpose::STANDARD.encode(nonce.as_bytes())
+                });
+                match http.post(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        acked.lock().unwrap().push(hex::encode(nonce.as_bytes()))
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    // Let the burst run, then pull the plug.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    node.kill9();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        !acked.is_empty(),
+        "no attestation was acknowledged before the kill"
+    );
+    node.start_again();
+    // Every acknowledged attestation is in the log, and the log verifies end to end.
+    let op = node.operator_cert();
+    let saved = node.dir.path().join("saved.note");
+    let o = verify(&node, &op, &reference, &saved, true);
+    assert!(o.status.success(), "{}", text(&o));
+    let http = warden::tls::client_with_identity(&node.ca(), &op.0, &op.1).unwrap();
+    let mut logged = std::collections::HashSet::new();
+    let mut start = 0;
+    loop {
+        let page: EntriesResponse = http
+            .get(format!("{}/v1/audit/entries?start={start}", node.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for e in &page.entries {
+            let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+            if let Some(n) = v["details"]["nonce"].as_str() {
+                logged.insert(n.to_owned());
+            }
+        }
+        start += 1000;
+        if start >= page.size {
+            break;
+        }
+    }
+    let missing: Vec<_> = acked.iter().filter(|n| !logged.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged attestations are not in the log",
+        missing.len()
+    );
+}

@@ -179,6 +179,19 @@ client_ca = "tls/ca.crt"
         }
     }
 
+    /// Kill wardend with SIGKILL (no chance to flush or close anything).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start wardend again after [`Node::stop`] or [`Node::kill9`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Restart wardend on the same TPM and state (the TPM keeps running).
     pub fn restart(&mut self) {
         self.stop();
