@@ -10,6 +10,7 @@ pub mod event;
 pub mod merkle;
 pub mod ocsf;
 pub mod store;
+pub mod syslog;
 
 /// A SHA-256 hash: leaf, node or root.
 pub type Hash = [u8; 32];
