@@ -79,7 +79,7 @@ fn verify(
 /// Fetch evidence as `cert`'s holder (so the attestation is recorded as theirs).
 async fn attest_as(node: &Node, cert: &(PathBuf, PathBuf)) {
     let http = warden::tls::client_with_identity(&node.ca(), &cert.0, &cert.1).unwrap();
-    let body = serde_json::json!({"nonce": base64_nonce()});
+    let body = serde_json::json!({"nonce": base64_nonce(&Nonce::random().unwrap())});
     let resp = http
         .post(format!("{}/v1/attestation", node.url()))
         .json(&body)
@@ -89,9 +89,9 @@ async fn attest_as(node: &Node, cert: &(PathBuf, PathBuf)) {
     assert_eq!(resp.status().as_u16(), 200);
 }
 
-fn base64_nonce() -> String {
+fn base64_nonce(nonce: &Nonce) -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(Nonce::random().unwrap().as_bytes())
+    base64::engine::general_purpose::STANDARD.encode(nonce.as_bytes())
 }
 
 async fn entries(node: &Node, cert: &(PathBuf, PathBuf)) -> EntriesResponse {
@@ -361,11 +361,8 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_entry() {
         let (http, url, acked) = (http.clone(), url.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..200 {
-                use base64::Engine as _;
                 let nonce = Nonce::random().unwrap();
-                let body = serde_json::json!({
-                    "nonce": base64::engine::general_purpose::STANDARD.encode(nonce.as_bytes())
-                });
+                let body = serde_json::json!({ "nonce": base64_nonce(&nonce) });
                 match http.post(&url).json(&body).send().await {
                     Ok(r) if r.status().is_success() => {
                         acked.lock().unwrap().push(hex::encode(nonce.as_bytes()))
