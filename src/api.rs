@@ -52,6 +52,8 @@ pub struct ApiState {
     pub reference: Option<ReferenceValues>,
     pub reference_path: Option<PathBuf>,
     pub audit: Arc<AuditLog>,
+    /// The syslog exporter's status, when `[audit.syslog]` is configured.
+    pub export: Option<tokio::sync::watch::Receiver<crate::export::ExportStatus>>,
     pub name: String,
 }
 

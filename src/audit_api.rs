@@ -31,6 +31,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/v1/audit/proof/inclusion", get(inclusion)),
         (Method::GET, "/v1/audit/proof/consistency", get(consistency)),
         (Method::GET, "/v1/audit/stream", get(stream)),
+        (Method::GET, "/v1/audit/export", get(export_status)),
     ]
 }
 
@@ -82,6 +83,20 @@ fn visible(s: &ApiState, caller: &Identity, seq: u64) -> Result<Option<Vec<u8>>,
             .filter(|e| e.tenant.as_deref() == Some(t.as_str()))
             .map(|_| data),
     })
+}
+
+/// Operators only: where the exports stand.
+async fn export_status(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller
+        .operator()
+        .map_err(|r| ApiError::new(r.status(), r.message()))?;
+    let syslog = s.export.as_ref().map(|rx| {
+        let mut status = rx.borrow().clone();
+        // The log's size now, not at the exporter's last look.
+        status.log_size = s.audit.store().len();
+        status
+    });
+    Ok(Json(serde_json::json!({ "syslog": syslog })).into_response())
 }
 
 async fn checkpoint(State(s): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {

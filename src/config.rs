@@ -35,6 +35,12 @@ pub const MAX_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Upper bound for `name` (it becomes a DNS label-like name in certificates and log lines).
 pub const MAX_NAME_LEN: usize = 63;
+/// `[audit.syslog] max_backlog` when absent: entries the exporter may lag behind the log.
+pub const DEFAULT_EXPORT_MAX_BACKLOG: u64 = 1_000_000;
+/// `[audit.syslog] batch` when absent: entries per confirmed delivery.
+pub const DEFAULT_EXPORT_BATCH: usize = 1000;
+/// Upper bound for `[audit.syslog] batch` (a batch is formatted in memory).
+pub const MAX_EXPORT_BATCH: usize = 10_000;
 
 /// The validated wardend configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +53,35 @@ pub struct Config {
     pub tpm: TpmConfig,
     pub api: ApiConfig,
     pub attestation: AttestationConfig,
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: where the audit log goes besides the appliance's own store.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditConfig {
+    /// Export to a syslog collector over TLS (docs/audit.md, "Syslog export").
+    pub syslog: Option<SyslogConfig>,
+}
+
+/// `[audit.syslog]`: RFC 5424 messages with RFC 5425 framing over TLS 1.3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogConfig {
+    /// The collector, `host:port`; the host is resolved at every connection.
+    pub address: String,
+    /// The name the collector's certificate must carry (DNS name or IP address); by default
+    /// the host part of `address`.
+    pub server_name: String,
+    /// PEM CA certificate(s) the collector's certificate must chain to.
+    pub ca: PathBuf,
+    /// Client certificate chain and key (PEM) for collectors that authenticate senders.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// HOSTNAME of the messages; by default the appliance name.
+    pub hostname: String,
+    /// Most entries the exporter may lag behind the log; older undelivered entries are
+    /// skipped and the skip is recorded as an `audit.export-gap` event.
+    pub max_backlog: u64,
+    /// Most entries per delivery (one TLS session, confirmed as a whole).
+    pub batch: usize,
 }
 
 /// `[attestation]`: how this appliance appraises other parties' evidence.
@@ -223,6 +258,34 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     attestation: RawAttestation,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    syslog: Option<RawSyslog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSyslog {
+    address: Spanned<String>,
+    #[serde(default)]
+    server_name: Option<Spanned<String>>,
+    ca: Spanned<PathBuf>,
+    #[serde(default)]
+    cert: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    key: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    hostname: Option<Spanned<String>>,
+    #[serde(default)]
+    max_backlog: Option<Spanned<u64>>,
+    #[serde(default)]
+    batch: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -287,8 +350,16 @@ impl Validator<'_> {
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let name = self.name(raw.name)?;
         Ok(Config {
-            name: self.name(raw.name)?,
+            audit: AuditConfig {
+                syslog: raw
+                    .audit
+                    .syslog
+                    .map(|s| self.syslog(s, &name))
+                    .transpose()?,
+            },
+            name,
             state_dir: self.path("state_dir", raw.state_dir)?,
             log: self.log(raw.log)?,
             tpm: self.tpm(raw.tpm)?,
@@ -488,6 +559,118 @@ impl Validator<'_> {
                 .map(|p| self.path("api.client_ca", p))
                 .transpose()?,
             max_body_bytes,
+        })
+    }
+}
+
+impl Validator<'_> {
+    fn syslog(&self, raw: RawSyslog, name: &str) -> Result<SyslogConfig, ConfigError> {
+        let address_span = raw.address.span();
+        let address = raw.address.into_inner();
+        let host = match address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned()
+            }
+            _ => {
+                return Err(self.invalid(
+                    "audit.syslog.address",
+                    Some(address_span),
+                    format!(
+                        "{address:?} is not host:port: write e.g. \"collector.example:6514\" or \
+                         \"[2001:db8::1]:6514\" (6514 is the syslog-over-TLS port, RFC 5425)"
+                    ),
+                ))
+            }
+        };
+        let (server_name, name_span) = match raw.server_name {
+            Some(n) => {
+                let span = n.span();
+                (n.into_inner(), Some(span))
+            }
+            None => (host, Some(address_span)),
+        };
+        if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+            return Err(self.invalid(
+                "audit.syslog.server_name",
+                name_span,
+                format!("{server_name:?} is neither a DNS name nor an IP address"),
+            ));
+        }
+        let client_cert = match (raw.cert, raw.key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((
+                self.path("audit.syslog.cert", cert)?,
+                self.path("audit.syslog.key", key)?,
+            )),
+            (Some(cert), None) => {
+                return Err(self.invalid(
+                    "audit.syslog.key",
+                    Some(cert.span()),
+                    "cert is set without key: give both or neither".to_owned(),
+                ))
+            }
+            (None, Some(key)) => {
+                return Err(self.invalid(
+                    "audit.syslog.cert",
+                    Some(key.span()),
+                    "key is set without cert: give both or neither".to_owned(),
+                ))
+            }
+        };
+        let hostname = match raw.hostname {
+            None => name.to_owned(),
+            Some(h) => {
+                let span = h.span();
+                let h = h.into_inner();
+                // RFC 5424 §6.2.4: HOSTNAME is 1*255 PRINTUSASCII.
+                if h.is_empty() || h.len() > 255 || !h.chars().all(|c| c.is_ascii_graphic()) {
+                    return Err(self.invalid(
+                        "audit.syslog.hostname",
+                        Some(span),
+                        format!(
+                            "{h:?} is not a syslog HOSTNAME: 1 to 255 printable ASCII \
+                             characters without spaces (RFC 5424 §6.2.4)"
+                        ),
+                    ));
+                }
+                h
+            }
+        };
+        let max_backlog = match raw.max_backlog {
+            None => DEFAULT_EXPORT_MAX_BACKLOG,
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(self.invalid(
+                    "audit.syslog.max_backlog",
+                    Some(n.span()),
+                    "must be at least 1".to_owned(),
+                ))
+            }
+            Some(n) => n.into_inner(),
+        };
+        let batch = match raw.batch {
+            None => DEFAULT_EXPORT_BATCH,
+            Some(n) if !(1..=MAX_EXPORT_BATCH).contains(n.get_ref()) => {
+                return Err(self.invalid(
+                    "audit.syslog.batch",
+                    Some(n.span()),
+                    format!(
+                        "{} is out of range: use 1..={MAX_EXPORT_BATCH}",
+                        n.get_ref()
+                    ),
+                ))
+            }
+            Some(n) => n.into_inner(),
+        };
+        Ok(SyslogConfig {
+            address,
+            server_name,
+            ca: self.path("audit.syslog.ca", raw.ca)?,
+            client_cert,
+            hostname,
+            max_backlog,
+            batch,
         })
     }
 }
@@ -981,6 +1164,93 @@ key = "/etc/warden/tls/server.key"
             let err = parse(&text).unwrap_err();
             assert_eq!(err.key(), Some(path), "{err}");
             assert_names(&err.to_string(), path);
+        }
+    }
+
+    const SYSLOG: &str = r#"
+[audit.syslog]
+address = "collector.example:6514"
+ca = "tls/collector-ca.crt"
+"#;
+
+    #[test]
+    fn syslog_export_defaults_and_values() {
+        assert_eq!(parse(MINIMAL).unwrap().audit.syslog, None);
+        let c = parse(&format!("{MINIMAL}{SYSLOG}")).unwrap();
+        let s = c.audit.syslog.unwrap();
+        assert_eq!(s.address, "collector.example:6514");
+        assert_eq!(s.server_name, "collector.example");
+        assert_eq!(s.ca, Path::new("/etc/warden/tls/collector-ca.crt"));
+        assert_eq!(s.client_cert, None);
+        assert_eq!(s.hostname, "node-a");
+        assert_eq!(s.max_backlog, DEFAULT_EXPORT_MAX_BACKLOG);
+        assert_eq!(s.batch, DEFAULT_EXPORT_BATCH);
+
+        let text = format!(
+            "{MINIMAL}{SYSLOG}server_name = \"siem.example\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n\
+             hostname = \"dpu-7\"\nmax_backlog = 10\nbatch = 5\n"
+        );
+        let s = parse(&text).unwrap().audit.syslog.unwrap();
+        assert_eq!(s.server_name, "siem.example");
+        assert_eq!(
+            s.client_cert,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+        );
+        assert_eq!(
+            (s.hostname.as_str(), s.max_backlog, s.batch),
+            ("dpu-7", 10, 5)
+        );
+        let v6 = parse(&format!(
+            "{MINIMAL}[audit.syslog]\naddress = \"[2001:db8::1]:6514\"\nca = \"/ca.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(v6.audit.syslog.unwrap().server_name, "2001:db8::1");
+    }
+
+    #[test]
+    fn syslog_export_values_are_checked() {
+        for (line, key, needle) in [
+            (
+                "address = \"collector.example\"",
+                "audit.syslog.address",
+                "not host:port",
+            ),
+            (
+                "address = \"c.example:0\"",
+                "audit.syslog.address",
+                "not host:port",
+            ),
+            (
+                "address = \":6514\"",
+                "audit.syslog.address",
+                "not host:port",
+            ),
+            (
+                "server_name = \"not a name\"",
+                "audit.syslog.server_name",
+                "neither",
+            ),
+            ("cert = \"/c.pem\"", "audit.syslog.key", "without key"),
+            ("key = \"/k.pem\"", "audit.syslog.cert", "without cert"),
+            (
+                "hostname = \"two words\"",
+                "audit.syslog.hostname",
+                "HOSTNAME",
+            ),
+            ("max_backlog = 0", "audit.syslog.max_backlog", "at least 1"),
+            ("batch = 0", "audit.syslog.batch", "out of range"),
+            ("batch = 10001", "audit.syslog.batch", "out of range"),
+            ("colour = 1", "audit.syslog.colour", "unknown field"),
+        ] {
+            let text = edit(
+                &format!("{MINIMAL}{SYSLOG}"),
+                "audit.syslog",
+                line.split(' ').next().unwrap(),
+                line,
+            );
+            let msg = error(&text);
+            assert_names(&msg, key);
+            assert!(msg.contains(needle), "{line}: {msg}");
         }
     }
 

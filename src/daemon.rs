@@ -18,6 +18,7 @@ use crate::api::{self, ApiState, CHALLENGE_TTL_SECS, MAX_CHALLENGES};
 use crate::appliance::{file_sha256, TpmActor, TpmSettings};
 use crate::audit::{now_ms, AuditLog};
 use crate::config::{AkAlg, Config};
+use crate::export::Exporter;
 use crate::tls;
 use crate::wire::Identity;
 use warden_audit::event::{Event, Kind, Outcome};
@@ -126,6 +127,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         quote_pcrs: config.tpm.quoted_pcrs(),
         audit_key: audit.verifier_key().to_owned(),
     };
+    let exporter = match config.audit.syslog.clone() {
+        Some(syslog) => Some(Exporter::start(
+            syslog,
+            Arc::clone(&audit),
+            &config.state_dir,
+        )?),
+        None => None,
+    };
     let state = Arc::new(ApiState {
         tpm,
         identity,
@@ -141,6 +150,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         reference_path: config.attestation.reference.clone(),
         audit: Arc::clone(&audit),
+        export: exporter.as_ref().map(Exporter::status),
         name: config.name.clone(),
     });
     let app = api::router(state, config.api.max_body_bytes);
@@ -178,6 +188,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     if let Err(e) = audit.record_async(stopped).await {
         tracing::error!(error = %e, "could not record the stop");
+    }
+    if let Some(exporter) = exporter {
+        // Delivers what is pending (the stop event too) for a few seconds at most.
+        exporter.stop().await;
     }
     audit.shutdown();
     tracing::info!("wardend stopped");

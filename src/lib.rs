@@ -15,5 +15,6 @@ pub mod audit_api;
 pub mod audit_client;
 pub mod client;
 pub mod daemon;
+pub mod export;
 pub mod measure;
 pub mod wire;

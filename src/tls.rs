@@ -169,6 +169,26 @@ pub fn client_with_identity(
     https_client(config)
 }
 
+/// TLS client configuration for a plain TLS stream (the syslog exporter): TLS 1.3, trusting
+/// only the CA certificate(s) in `ca_pem`, presenting `identity` (certificate chain PEM, key
+/// PEM) to servers that ask for one.
+pub fn stream_client_config(
+    ca_pem: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = client_config(ca_pem)?;
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => builder
+            .with_client_auth_cert(read_certs(cert_pem)?, read_key(key_pem)?)
+            .map_err(|source| TlsError::Rustls {
+                what: format!("{} with {}", cert_pem.display(), key_pem.display()),
+                source,
+            })?,
+    };
+    Ok(Arc::new(config))
+}
+
 /// Every CA certificate of a PEM file, as trust anchors.
 fn root_store(ca_pem: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();

@@ -18,6 +18,8 @@ pub struct Node {
     pub name: String,
     child: Option<Child>,
     wardend: PathBuf,
+    /// Appended to the generated configuration.
+    extra_config: String,
 }
 
 impl Node {
@@ -28,6 +30,17 @@ impl Node {
 
     /// Like [`Node::start`], with reference values (TOML) for `POST /v1/appraisals`.
     pub fn start_with_reference(wardend: &Path, name: &str, reference: Option<&str>) -> Node {
+        Self::start_with_config(wardend, name, reference, "")
+    }
+
+    /// Like [`Node::start_with_reference`], with `extra` TOML appended to the configuration
+    /// (relative paths in it resolve against the node's directory, [`Node::dir`]).
+    pub fn start_with_config(
+        wardend: &Path,
+        name: &str,
+        reference: Option<&str>,
+        extra: &str,
+    ) -> Node {
         std::env::set_var("TSS2_LOG", "esys+none,tcti+none");
         let swtpm = Swtpm::start().expect("starting swtpm");
         let dir = tempfile::tempdir().unwrap();
@@ -39,6 +52,7 @@ impl Node {
             name: name.to_owned(),
             child: None,
             wardend: wardend.to_owned(),
+            extra_config: extra.to_owned(),
         };
         if let Some(r) = reference {
             std::fs::write(node.dir.path().join("appraisal-reference.toml"), r).unwrap();
@@ -94,7 +108,7 @@ client_ca = "tls/ca.crt"
             "\n[attestation]\nreference = \"appraisal-reference.toml\"\n"
         } else {
             ""
-        };
+        } + &self.extra_config;
         std::fs::write(self.config_path(), text).unwrap();
     }
 

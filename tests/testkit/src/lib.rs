@@ -24,9 +24,11 @@
 //! missing tool makes the test fail instead (STYLE.md: such tests run for real in CI).
 
 mod ports;
+mod rsyslog;
 mod swtpm;
 
 pub use ports::free_port_pair;
+pub use rsyslog::{rsyslog_available, Rsyslog, RsyslogTls};
 pub use swtpm::{Swtpm, SwtpmOptions, QUIET_TSS_LOG};
 
 use std::path::Path;
