@@ -24,7 +24,6 @@
 //! cases the repeated messages are byte-identical and carry `seq` (the leaf index) and the
 //! leaf hash, so a collector that keys on `seq` stores each entry once.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,17 +111,10 @@ impl Cursor {
         Ok(Some(cursor))
     }
 
-    /// Write the cursor durably: temporary file, fsync, rename, fsync of the directory.
+    /// Write the cursor durably (temporary file, fsync, rename).
     fn store(&self, path: &Path) -> anyhow::Result<()> {
-        let dir = path.parent().unwrap_or_else(|| Path::new("."));
-        let tmp = path.with_extension("tmp");
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec(self)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
+        crate::keyfile::write_atomically(path, &serde_json::to_vec(self)?)
+            .with_context(|| format!("writing {}", path.display()))
     }
 }
 

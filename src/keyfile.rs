@@ -1,5 +1,6 @@
 //! Private keys the appliance keeps on disk (result signing, audit signing): PKCS#8 DER, mode
-//! 0600, created atomically (temporary file, fsync, rename) on first start.
+//! 0600, created atomically (temporary file, fsync, rename) on first start. Small state files
+//! are replaced the same way ([`write_atomically`]).
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
@@ -23,22 +24,29 @@ pub fn load_or_create<K>(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (key, der) = generate()?;
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(&der)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))?;
+            write_atomically(path, &der).with_context(|| format!("creating {}", path.display()))?;
             tracing::info!(path = %path.display(), "created the {what}");
             Ok(key)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Replace `path` with `bytes` (mode 0600) so that a crash leaves the old or the new content,
+/// never a mix: temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or_else(|| Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]

@@ -40,6 +40,12 @@ pub enum Kind {
     AuditExportGap,
     #[serde(rename = "audit.queue-overflow")]
     AuditQueueOverflow,
+    /// An append failed; the operation it recorded was refused.
+    #[serde(rename = "audit.append-failed")]
+    AuditAppendFailed,
+    /// The appliance found its own log inconsistent with what it signed before.
+    #[serde(rename = "audit.verify-failed")]
+    AuditVerifyFailed,
     #[serde(rename = "admin.action")]
     AdminAction,
 }
@@ -59,6 +65,8 @@ impl Kind {
             Kind::AuditClockJump => "audit.clock-jump",
             Kind::AuditExportGap => "audit.export-gap",
             Kind::AuditQueueOverflow => "audit.queue-overflow",
+            Kind::AuditAppendFailed => "audit.append-failed",
+            Kind::AuditVerifyFailed => "audit.verify-failed",
             Kind::AdminAction => "admin.action",
         }
     }

@@ -30,7 +30,9 @@ fn severity(e: &Event) -> (u8, &'static str) {
             Kind::AuditTailCut
             | Kind::AuditClockJump
             | Kind::AuditExportGap
-            | Kind::AuditQueueOverflow,
+            | Kind::AuditQueueOverflow
+            | Kind::AuditAppendFailed
+            | Kind::AuditVerifyFailed,
             _,
         ) => (4, "High"),
         (_, Outcome::Denied | Outcome::Failure) => (3, "Medium"),
@@ -44,7 +46,9 @@ fn class(kind: Kind) -> (u32, u32, &'static str) {
         Kind::AuditTailCut
         | Kind::AuditClockJump
         | Kind::AuditExportGap
-        | Kind::AuditQueueOverflow => DETECTION_FINDING,
+        | Kind::AuditQueueOverflow
+        | Kind::AuditAppendFailed
+        | Kind::AuditVerifyFailed => DETECTION_FINDING,
         _ => API_ACTIVITY,
     }
 }

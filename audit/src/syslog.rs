@@ -27,7 +27,9 @@ fn severity(e: &Event) -> u8 {
             Kind::AuditTailCut
             | Kind::AuditClockJump
             | Kind::AuditExportGap
-            | Kind::AuditQueueOverflow,
+            | Kind::AuditQueueOverflow
+            | Kind::AuditAppendFailed
+            | Kind::AuditVerifyFailed,
             _,
         ) => 2,
         (_, Outcome::Failure | Outcome::Denied) => 4,
