@@ -23,10 +23,12 @@
 //! when the tools are missing, the process is not root and `CI` is unset. In CI, or as root, a
 //! missing tool makes the test fail instead (STYLE.md: such tests run for real in CI).
 
+mod netns;
 mod ports;
 mod rsyslog;
 mod swtpm;
 
+pub use netns::{skip_without_netns, veth, Netns};
 pub use ports::free_port_pair;
 pub use rsyslog::{rsyslog_available, Rsyslog, RsyslogTls};
 pub use swtpm::{Swtpm, SwtpmOptions, QUIET_TSS_LOG};

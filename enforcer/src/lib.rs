@@ -1,0 +1,7 @@
+//! warden-enforcer: puts a compiled policy into force on the host.
+//!
+//! [`nft`] installs the policy's [`warden_policy::plan::NftPlan`] as Warden's own nftables
+//! table, `inet warden`, replacing the previous one atomically, and reads its counters.
+#![deny(unsafe_code)]
+
+pub mod nft;
