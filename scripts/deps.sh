@@ -27,7 +27,7 @@ say() { echo "deps: $*"; }
 
 # --- Debian packages --------------------------------------------------------------------
 # gcc and libc6-dev: C code in aws-lc-rs, ring and libfuzzer; the rest: the TPM stack and its tools.
-packages=(gcc g++ libc6-dev make swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config ca-certificates openssl rsyslog rsyslog-gnutls)
+packages=(gcc g++ libc6-dev make swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config ca-certificates openssl rsyslog rsyslog-gnutls libnftnl-dev libmnl-dev nftables iproute2 procps)
 missing=()
 for pkg in "${packages[@]}"; do
     if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then

@@ -52,6 +52,7 @@ pub struct ApiState {
     pub reference: Option<ReferenceValues>,
     pub reference_path: Option<PathBuf>,
     pub audit: Arc<AuditLog>,
+    pub policy: Arc<crate::policy::PolicyService>,
     /// The syslog exporter's status, when `[audit.syslog]` is configured.
     pub export: Option<tokio::sync::watch::Receiver<crate::export::ExportStatus>>,
     pub name: String,
@@ -79,7 +80,7 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn unavailable(message: impl Into<String>) -> Self {
+    pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: message.into(),
@@ -136,16 +137,25 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     ]
     .into_iter()
     .chain(crate::audit_api::routes())
+    .chain(crate::policy_api::routes())
     .collect()
 }
 
 /// The router with body limits and state.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    routes()
+    // One MethodRouter per path: methods of the same path are merged.
+    let mut by_path: std::collections::BTreeMap<&'static str, MethodRouter<AppState>> =
+        std::collections::BTreeMap::new();
+    for (_, path, handler) in routes() {
+        let merged = match by_path.remove(path) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(path, merged);
+    }
+    by_path
         .into_iter()
-        .fold(Router::new(), |r, (_, path, handler)| {
-            r.route(path, handler)
-        })
+        .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,

@@ -148,6 +148,24 @@ impl TpmActor {
     }
 }
 
+impl TpmActor {
+    /// Like [`TpmActor::run`], for blocking code (never call it on an async worker thread).
+    pub fn run_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Appliance) -> anyhow::Result<R> + Send + 'static,
+    ) -> anyhow::Result<R> {
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move |a| {
+            let _ = tx.send(f(a));
+        });
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => ActorError::Busy,
+            mpsc::TrySendError::Disconnected(_) => ActorError::Gone,
+        })?;
+        rx.recv().map_err(|_| ActorError::Gone)?
+    }
+}
+
 /// SHA-256 of a file, hex (used to measure wardend's own binary).
 pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
     use std::io::Read;

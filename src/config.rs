@@ -35,6 +35,8 @@ pub const MAX_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Upper bound for `name` (it becomes a DNS label-like name in certificates and log lines).
 pub const MAX_NAME_LEN: usize = 63;
+/// `[policy] esp_udp_port` when absent (RFC 3948's port for ESP in UDP).
+pub const DEFAULT_ESP_UDP_PORT: u16 = 4500;
 /// `[audit.syslog] max_backlog` when absent: entries the exporter may lag behind the log.
 pub const DEFAULT_EXPORT_MAX_BACKLOG: u64 = 1_000_000;
 /// `[audit.syslog] batch` when absent: entries per confirmed delivery.
@@ -54,6 +56,31 @@ pub struct Config {
     pub api: ApiConfig,
     pub attestation: AttestationConfig,
     pub audit: AuditConfig,
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]`: how the microsegmentation policy is enforced (docs/policy.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Install the policy's nftables table (`inet warden`) in wardend's network namespace.
+    /// Needs CAP_NET_ADMIN; off by default, so a wardend started by hand never changes the
+    /// host's firewall.
+    pub nftables: bool,
+    /// The wire interface; with it (and `nftables`), only ESP-in-UDP between appliances and
+    /// the API port may cross it.
+    pub wire_interface: Option<String>,
+    /// UDP port of ESP-in-UDP on the wire.
+    pub esp_udp_port: u16,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            nftables: false,
+            wire_interface: None,
+            esp_udp_port: DEFAULT_ESP_UDP_PORT,
+        }
+    }
 }
 
 /// `[audit]`: where the audit log goes besides the appliance's own store.
@@ -260,6 +287,19 @@ struct RawConfig {
     attestation: RawAttestation,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    nftables: bool,
+    #[serde(default)]
+    wire_interface: Option<Spanned<String>>,
+    #[serde(default)]
+    esp_udp_port: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -351,7 +391,9 @@ impl Validator<'_> {
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let name = self.name(raw.name)?;
+        let policy = self.policy(raw.policy)?;
         Ok(Config {
+            policy,
             audit: AuditConfig {
                 syslog: raw
                     .audit
@@ -564,6 +606,50 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    fn policy(&self, raw: RawPolicy) -> Result<PolicyConfig, ConfigError> {
+        let wire_interface = match raw.wire_interface {
+            None => None,
+            Some(w) => {
+                let span = w.span();
+                let w = w.into_inner();
+                // IFNAMSIZ is 16 with the NUL; '/' and whitespace are not allowed by the kernel.
+                if w.is_empty()
+                    || w.len() > 15
+                    || w == "."
+                    || w == ".."
+                    || w.chars()
+                        .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+                {
+                    return Err(self.invalid(
+                        "policy.wire_interface",
+                        Some(span),
+                        format!(
+                            "{w:?} is not an interface name: 1 to 15 characters without '/' or \
+                             spaces"
+                        ),
+                    ));
+                }
+                Some(w)
+            }
+        };
+        let esp_udp_port = match raw.esp_udp_port {
+            None => DEFAULT_ESP_UDP_PORT,
+            Some(p) if *p.get_ref() == 0 => {
+                return Err(self.invalid(
+                    "policy.esp_udp_port",
+                    Some(p.span()),
+                    "0 is not a port: use 1..=65535 (RFC 3948 uses 4500)".to_owned(),
+                ))
+            }
+            Some(p) => p.into_inner(),
+        };
+        Ok(PolicyConfig {
+            nftables: raw.nftables,
+            wire_interface,
+            esp_udp_port,
+        })
+    }
+
     fn syslog(&self, raw: RawSyslog, name: &str) -> Result<SyslogConfig, ConfigError> {
         let address_span = raw.address.span();
         let address = raw.address.into_inner();
@@ -1205,6 +1291,30 @@ ca = "tls/collector-ca.crt"
         ))
         .unwrap();
         assert_eq!(v6.audit.syslog.unwrap().server_name, "2001:db8::1");
+    }
+
+    #[test]
+    fn policy_enforcement_settings() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.policy, PolicyConfig::default());
+        let c = parse(&format!(
+            "{MINIMAL}[policy]\nnftables = true\nwire_interface = \"wire0\"\nesp_udp_port = 4501\n"
+        ))
+        .unwrap();
+        assert!(c.policy.nftables);
+        assert_eq!(c.policy.wire_interface.as_deref(), Some("wire0"));
+        assert_eq!(c.policy.esp_udp_port, 4501);
+        for (line, key) in [
+            (
+                "wire_interface = \"a-very-long-interface\"",
+                "policy.wire_interface",
+            ),
+            ("wire_interface = \"eth/0\"", "policy.wire_interface"),
+            ("esp_udp_port = 0", "policy.esp_udp_port"),
+        ] {
+            let msg = error(&format!("{MINIMAL}[policy]\n{line}\n"));
+            assert_names(&msg, key);
+        }
     }
 
     #[test]

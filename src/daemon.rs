@@ -135,7 +135,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let policy = crate::policy::PolicyService::start(
+        &config.state_dir,
+        &config.policy,
+        config.api.listen.port(),
+        Arc::clone(&audit),
+        tpm.clone(),
+    )
+    .await?;
     let state = Arc::new(ApiState {
+        policy,
         tpm,
         identity,
         tls_spki,

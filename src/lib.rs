@@ -17,4 +17,7 @@ pub mod client;
 pub mod daemon;
 pub mod export;
 pub mod measure;
+pub mod policy;
+pub mod policy_api;
+pub mod policy_client;
 pub mod wire;

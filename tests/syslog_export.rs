@@ -262,18 +262,20 @@ async fn every_entry_arrives_exactly_once_across_restarts_of_either_side() {
         "{first:?}"
     );
     // The export status is for operators.
-    let (cert, key) = node.client_cert("warden:tenant:acme");
-    let tenant = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
-    let url = format!("{}/v1/audit/export", node.url());
-    assert_eq!(
-        tenant.get(&url).send().await.unwrap().status().as_u16(),
-        403
-    );
-    let anonymous = warden::tls::client(&node.ca()).unwrap();
-    assert_eq!(
-        anonymous.get(&url).send().await.unwrap().status().as_u16(),
-        401
-    );
+    {
+        let (cert, key) = node.client_cert("warden:tenant:acme");
+        let tenant = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
+        let url = format!("{}/v1/audit/export", node.url());
+        assert_eq!(
+            tenant.get(&url).send().await.unwrap().status().as_u16(),
+            403
+        );
+        let anonymous = warden::tls::client(&node.ca()).unwrap();
+        assert_eq!(
+            anonymous.get(&url).send().await.unwrap().status().as_u16(),
+            401
+        );
+    }
     assert_exactly_once(&log(&node).await, &collector.received(), "node-a");
 
     // wardend restarts: the stop event goes out before it exits, the start event after.

@@ -48,6 +48,16 @@ pub enum Kind {
     AuditVerifyFailed,
     #[serde(rename = "admin.action")]
     AdminAction,
+    /// A policy was put in force (operator, version, digest, previous version).
+    #[serde(rename = "policy.applied")]
+    PolicyApplied,
+    /// A policy was refused: invalid, not newer, or it failed to apply.
+    #[serde(rename = "policy.refused")]
+    PolicyRefused,
+    /// A policy in force was replaced by the previous one because its apply could not be
+    /// completed.
+    #[serde(rename = "policy.rolled-back")]
+    PolicyRolledBack,
 }
 
 impl Kind {
@@ -68,6 +78,9 @@ impl Kind {
             Kind::AuditAppendFailed => "audit.append-failed",
             Kind::AuditVerifyFailed => "audit.verify-failed",
             Kind::AdminAction => "admin.action",
+            Kind::PolicyApplied => "policy.applied",
+            Kind::PolicyRefused => "policy.refused",
+            Kind::PolicyRolledBack => "policy.rolled-back",
         }
     }
 }

@@ -92,6 +92,56 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The microsegmentation policy (docs/policy.md): validate a file, and diff, apply or
+    /// show an appliance's policy (operator certificate).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Check a policy file and print every problem with its line, column and a hint (exit 1
+    /// if invalid). Locally by default, with the appliance's own code; with --url on the
+    /// appliance.
+    Validate {
+        file: PathBuf,
+        #[arg(long, env = "WARDEN_URL", requires_all = ["ca", "cert", "key"])]
+        url: Option<String>,
+        #[arg(long, env = "WARDEN_CA")]
+        ca: Option<PathBuf>,
+        #[arg(long, env = "WARDEN_CERT")]
+        cert: Option<PathBuf>,
+        #[arg(long, env = "WARDEN_KEY")]
+        key: Option<PathBuf>,
+    },
+    /// What applying FILE would change: rules, segments, tenants and nodes added or removed.
+    Diff {
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
+    /// Put FILE in force: validated, newer than the policy in force, installed atomically,
+    /// measured and audited; on any failure the previous policy stays (exit 1).
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
+    /// The policy in force: version, digest and rules (--document: the document itself).
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+        #[arg(long)]
+        document: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -216,6 +266,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Audit { command } => audit(command).await,
+        Command::Policy { command } => policy(command).await,
         Command::Attest {
             conn,
             reference,
@@ -390,6 +441,49 @@ async fn attest(
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    use warden::policy_client as pc;
+    let http = |conn: &Conn, cert: &ClientCert| {
+        warden::tls::client_with_identity(&conn.ca, &cert.cert, &cert.key)
+    };
+    match command {
+        PolicyCommand::Validate {
+            file, url: None, ..
+        } => pc::validate_local(&file),
+        PolicyCommand::Validate {
+            file,
+            url: Some(url),
+            ca,
+            cert,
+            key,
+        } => {
+            let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else {
+                anyhow::bail!("--url needs --ca, --cert and --key");
+            };
+            let client = warden::tls::client_with_identity(&ca, &cert, &key)?;
+            pc::validate_remote(&client, url.trim_end_matches('/'), &file).await
+        }
+        PolicyCommand::Diff { file, conn, cert } => {
+            pc::diff(&http(&conn, &cert)?, conn.url.trim_end_matches('/'), &file).await
+        }
+        PolicyCommand::Apply { file, conn, cert } => {
+            pc::apply(&http(&conn, &cert)?, conn.url.trim_end_matches('/'), &file).await
+        }
+        PolicyCommand::Show {
+            conn,
+            cert,
+            document,
+        } => {
+            pc::show(
+                &http(&conn, &cert)?,
+                conn.url.trim_end_matches('/'),
+                document,
+            )
+            .await
+        }
+    }
 }
 
 async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {

@@ -174,20 +174,22 @@ client_ca = "tls/ca.crt"
         s
     }
 
-    /// Stop wardend (SIGTERM, then SIGKILL after 10 s).
+    /// Stop wardend (SIGTERM, then SIGKILL after 40 s: longer than wardend's own drain of
+    /// open connections, 30 s, so an orderly stop is never cut short).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(child.id().to_string())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(40);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+            eprintln!("wardend did not stop within 40 s of SIGTERM; killing it");
             let _ = child.kill();
             let _ = child.wait();
         }
