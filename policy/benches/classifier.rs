@@ -9,46 +9,11 @@
 )]
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-/// 192 segments of 4 addresses each in the three IPv4 documentation ranges.
-fn segment_base(i: usize) -> Ipv4Addr {
-    let (net, off) = (i / 64, (i % 64) * 4);
-    let off = u8::try_from(off).unwrap();
-    match net {
-        0 => Ipv4Addr::new(192, 0, 2, off),
-        1 => Ipv4Addr::new(198, 51, 100, off),
-        _ => Ipv4Addr::new(203, 0, 113, off),
-    }
-}
-const SEGMENTS: usize = 192;
-
-/// A policy of `rules` TCP/UDP rules spread over the segment pairs, disjoint port ranges
-/// within a pair.
-pub fn policy_text(rules: usize) -> String {
-    let mut t = String::from("version = 1\n[[tenant]]\nid = \"t\"\n");
-    for i in 0..SEGMENTS {
-        t += &format!(
-            "[[segment]]\nname = \"s{i}\"\ntenant = \"t\"\ncidrs = [\"{}/30\"]\n",
-            segment_base(i)
-        );
-    }
-    let pairs = SEGMENTS * SEGMENTS;
-    for r in 0..rules {
-        let pair = (r * 7919) % pairs;
-        let round = r / pairs;
-        let (from, to) = (pair / SEGMENTS, pair % SEGMENTS);
-        let proto = if round % 2 == 0 { "tcp" } else { "udp" };
-        let lo = 1000 + (round / 2) * 10;
-        t += &format!(
-            "[[rule]]\nfrom = \"s{from}\"\nto = \"s{to}\"\nproto = \"{proto}\"\nports = [\"{lo}-{}\"]\n",
-            lo + 5
-        );
-    }
-    t
-}
+use warden_policy::synthetic::{policy_text, segment_base, SEGMENTS};
 
 /// Packets hitting random segment pairs: a mix of allowed and denied.
 fn packets(n: usize) -> Vec<(IpAddr, IpAddr, u8, u16)> {

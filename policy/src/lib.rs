@@ -18,6 +18,7 @@ mod diag;
 mod model;
 mod parse;
 pub mod plan;
+pub mod synthetic;
 
 pub use classify::{Allow, Classifier, DenyReason, Verdict};
 pub use diag::{Diagnostic, PolicyError};
