@@ -205,6 +205,42 @@ fn main() {
         ok && out.contains("1 visible entries"),
     ));
 
+    step(
+        9,
+        "the security team checks a policy with a mistake: refused, with line, column and hint",
+    );
+    let (oc, ok_) = node.operator_cert();
+    let (oc, ok_) = (
+        oc.to_str().unwrap().to_owned(),
+        ok_.to_str().unwrap().to_owned(),
+    );
+    let example = include_str!("../policy/tests/data/example.toml");
+    let bad = node.dir.path().join("policy-bad.toml");
+    std::fs::write(&bad, example.replace("\"8000-8080\"", "\"8080-8000\"")).unwrap();
+    let (ok, out) = run(&mut wardctl(&["policy", "validate", bad.to_str().unwrap()]));
+    results.push((
+        "bad policy refused",
+        !ok && out.contains("the range 8080-8000 is inverted"),
+    ));
+
+    step(
+        10,
+        "the security team applies the policy: versioned, measured into the PCR, audited",
+    );
+    let good = node.dir.path().join("policy.toml");
+    std::fs::write(&good, example).unwrap();
+    let conn = ["--url", &url, "--ca", ca, "--cert", &oc, "--key", &ok_];
+    let mut args = vec!["policy", "apply", good.to_str().unwrap()];
+    args.extend(conn);
+    let (applied, _) = run(&mut wardctl(&args));
+    let mut args = vec!["policy", "show"];
+    args.extend(conn);
+    let (shown, out) = run(&mut wardctl(&args));
+    results.push((
+        "policy v3 in force",
+        applied && shown && out.contains("version   3"),
+    ));
+
     summary(&results, &node);
     drop(node);
     if results.iter().any(|(_, ok)| !ok) {

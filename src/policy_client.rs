@@ -184,7 +184,10 @@ pub async fn apply(http: &reqwest::Client, base: &str, file: &Path) -> anyhow::R
                 "applied: version {} {} (previous: {})",
                 at(&body, "/version"),
                 at(&body, "/digest").as_str().unwrap_or_default(),
-                at(&body, "/previous_version")
+                match at(&body, "/previous_version") {
+                    serde_json::Value::Null => "none".to_owned(),
+                    v => v.to_string(),
+                }
             );
         }
     }

@@ -1,7 +1,12 @@
 //! Compile and apply time of a 10,000-rule policy, next to `nft -f` loading the identical
 //! ruleset (the reference, same run). Run inside a network namespace as root:
 //! `bash bench/policy.sh` does it. Prints one line per figure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -61,11 +66,19 @@ fn main() {
     warden_enforcer::nft::remove().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 
-    let elements = warden_enforcer::nft::validate(&plan).unwrap().element_count();
+    let elements = warden_enforcer::nft::validate(&plan)
+        .unwrap()
+        .element_count();
     println!("rules {rules}, map elements {elements}, median of {runs} runs");
-    println!("compile (parse + validate + plan): {:.1} ms", ms(median(compile)));
+    println!(
+        "compile (parse + validate + plan): {:.1} ms",
+        ms(median(compile))
+    );
     let (a, n) = (median(apply), median(nft));
     println!("apply (warden-enforcer, staged swap): {:.1} ms", ms(a));
     println!("reference: nft -f of the same table: {:.1} ms", ms(n));
-    println!("ratio (nft time / warden time): {:.2}x", n.as_secs_f64() / a.as_secs_f64());
+    println!(
+        "ratio (nft time / warden time): {:.2}x",
+        n.as_secs_f64() / a.as_secs_f64()
+    );
 }

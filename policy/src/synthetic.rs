@@ -40,4 +40,3 @@ pub fn policy_text(rules: usize) -> String {
     }
     t
 }
-
