@@ -20,6 +20,8 @@ pub struct Node {
     wardend: PathBuf,
     /// Appended to the generated configuration.
     extra_config: String,
+    /// The network namespace wardend (and its swtpm) run in, if not ours.
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -41,8 +43,28 @@ impl Node {
         reference: Option<&str>,
         extra: &str,
     ) -> Node {
+        Self::start_full(wardend, name, reference, extra, None)
+    }
+
+    /// Like [`Node::start_with_config`], with swtpm and wardend inside the network namespace
+    /// `netns` (its API is then reachable only from there: use `ip netns exec`).
+    pub fn start_in_netns(wardend: &Path, name: &str, netns: &str, extra: &str) -> Node {
+        Self::start_full(wardend, name, None, extra, Some(netns.to_owned()))
+    }
+
+    fn start_full(
+        wardend: &Path,
+        name: &str,
+        reference: Option<&str>,
+        extra: &str,
+        netns: Option<String>,
+    ) -> Node {
         std::env::set_var("TSS2_LOG", "esys+none,tcti+none");
-        let swtpm = Swtpm::start().expect("starting swtpm");
+        let swtpm = match &netns {
+            Some(ns) => Swtpm::start_in_netns(ns),
+            None => Swtpm::start(),
+        }
+        .expect("starting swtpm");
         let dir = tempfile::tempdir().unwrap();
         warden::pki::generate_demo_pki(&dir.path().join("tls"), &[name.to_owned()]).unwrap();
         let mut node = Node {
@@ -53,6 +75,7 @@ impl Node {
             child: None,
             wardend: wardend.to_owned(),
             extra_config: extra.to_owned(),
+            netns,
         };
         if let Some(r) = reference {
             std::fs::write(node.dir.path().join("appraisal-reference.toml"), r).unwrap();
@@ -118,7 +141,15 @@ client_ca = "tls/ca.crt"
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(&self.wardend)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.wardend);
+                c
+            }
+            None => Command::new(&self.wardend),
+        };
+        let child = command
             .arg("--config")
             .arg(self.config_path())
             .env("TSS2_LOG", "esys+none,tcti+none")
@@ -140,12 +171,25 @@ client_ca = "tls/ca.crt"
             {
                 panic!("wardend exited with {status}:\n{}", self.log());
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if self.listening() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("wardend did not listen within 30 s:\n{}", self.log());
+    }
+
+    /// Whether wardend's API port accepts connections (inside its namespace, if it has one).
+    fn listening(&self) -> bool {
+        match &self.netns {
+            None => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            Some(ns) => Command::new("ip")
+                .args(["netns", "exec", ns, "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{}", self.port))
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+        }
     }
 
     /// A client certificate and key for `identity` ("warden:tenant:acme"), from the node's CA.

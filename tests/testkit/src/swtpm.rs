@@ -71,6 +71,8 @@ pub struct Swtpm {
     ctrl: TcpListener,
     state: PathBuf,
     dir: tempfile::TempDir,
+    /// The network namespace swtpm serves in (its server port lives there), if not ours.
+    netns: Option<String>,
 }
 
 enum LaunchError {
@@ -93,6 +95,16 @@ impl Swtpm {
 
     /// Manufacture a TPM in a new temp dir (`swtpm_setup`) and serve it on loopback.
     pub fn start_with(opts: SwtpmOptions) -> io::Result<Swtpm> {
+        Swtpm::start_inner(opts, None)
+    }
+
+    /// Like [`Swtpm::start`], serving the TPM on the loopback of the named network namespace
+    /// (`ip netns exec`), for a wardend that runs there. The control port stays in ours.
+    pub fn start_in_netns(netns: &str) -> io::Result<Swtpm> {
+        Swtpm::start_inner(SwtpmOptions::default(), Some(netns.to_owned()))
+    }
+
+    fn start_inner(opts: SwtpmOptions, netns: Option<String>) -> io::Result<Swtpm> {
         QUIET_TSS.call_once(|| {
             if std::env::var_os("TSS2_LOG").is_none() {
                 std::env::set_var("TSS2_LOG", QUIET_TSS_LOG);
@@ -103,7 +115,7 @@ impl Swtpm {
         let mut last = String::new();
         for _ in 0..LAUNCH_ATTEMPTS {
             let (port, ctrl) = ports::reserve_pair()?;
-            match launch(dir.path(), port, &ctrl) {
+            match launch(dir.path(), port, &ctrl, netns.as_deref()) {
                 Ok(child) => {
                     let state = dir.path().join("state");
                     return Ok(Swtpm {
@@ -112,6 +124,7 @@ impl Swtpm {
                         ctrl,
                         state,
                         dir,
+                        netns,
                     });
                 }
                 Err(LaunchError::PortTaken(log)) => last = log,
@@ -147,7 +160,7 @@ impl Swtpm {
         let mut port = self.port;
         let mut last = String::new();
         for _ in 0..LAUNCH_ATTEMPTS {
-            match launch(self.dir.path(), port, &self.ctrl) {
+            match launch(self.dir.path(), port, &self.ctrl, self.netns.as_deref()) {
                 Ok(child) => {
                     self.child = Some(child);
                     self.port = port;
@@ -253,28 +266,52 @@ fn manufacture(dir: &Path, opts: &SwtpmOptions) -> io::Result<()> {
 }
 
 /// Spawn `swtpm socket` on `port` with `ctrl` as its control listener; wait until it answers.
-fn launch(dir: &Path, port: u16, ctrl: &TcpListener) -> Result<Child, LaunchError> {
+fn launch(
+    dir: &Path,
+    port: u16,
+    ctrl: &TcpListener,
+    netns: Option<&str>,
+) -> Result<Child, LaunchError> {
     let swtpm = find_on_path("swtpm").ok_or_else(|| not_found("swtpm"))?;
     let log_path = dir.join("swtpm.log");
     let log = File::create(&log_path)?;
     let ctrl_fd = OwnedFd::from(ctrl.try_clone()?);
     let ctrl_port = ctrl.local_addr()?.port();
-    let mut child = Command::new(swtpm)
+    // `ip netns exec` enters the namespace and execs swtpm: the same process, same pid.
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(swtpm);
+            c
+        }
+        None => Command::new(swtpm),
+    };
+    command
         .args(["socket", "--tpm2", "--tpmstate"])
         .arg(format!("dir={}", dir.join("state").display()))
         .arg("--server")
-        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-        .args([
-            "--ctrl",
-            "type=tcp,fd=0",
-            "--flags",
-            "not-need-init,startup-clear",
-        ])
-        .stdin(Stdio::from(ctrl_fd))
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"));
+    // In another namespace the TCTI needs the control port there too (it connects to
+    // port + 1): swtpm binds both itself, and readiness is probed from inside.
+    match netns {
+        None => command
+            .args(["--ctrl", "type=tcp,fd=0"])
+            .stdin(Stdio::from(ctrl_fd)),
+        Some(_) => command
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .stdin(Stdio::null()),
+    };
+    let mut child = command
+        .args(["--flags", "not-need-init,startup-clear"])
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()?;
-    match wait_ready(&mut child, ctrl_port) {
+    let ready = match netns {
+        None => wait_ready(&mut child, ctrl_port),
+        Some(ns) => wait_ready_in(&mut child, ns, port),
+    };
+    match ready {
         Ok(()) => Ok(child),
         Err(e) => {
             let _ = child.kill();
@@ -307,6 +344,34 @@ enum ReadyError {
 
 /// Send CMD_GET_CAPABILITY on the control socket and wait (bounded) for its 8-byte answer,
 /// watching for the child exiting meanwhile.
+/// Readiness inside a namespace: both of swtpm's ports accept connections there.
+fn wait_ready_in(child: &mut Child, netns: &str, port: u16) -> Result<(), ReadyError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let probe = |p: u16| {
+        Command::new("ip")
+            .args(["netns", "exec", netns, "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{p}"))
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    loop {
+        if let Some(status) = child.try_wait().map_err(ReadyError::Io)? {
+            return Err(ReadyError::Exited(status));
+        }
+        if probe(port) && probe(port + 1) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ReadyError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("swtpm did not listen in namespace {netns}"),
+            )));
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_ready(child: &mut Child, ctrl_port: u16) -> Result<(), ReadyError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let io = ReadyError::Io;
