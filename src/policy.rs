@@ -71,9 +71,50 @@ pub enum ApplyError {
     Audit(String),
 }
 
+/// Parse and validate `text`, including each node's attestation reference values (which the
+/// policy crate carries as an opaque table).
+pub fn parse_policy(text: &str, name: &str) -> Result<Policy, PolicyError> {
+    let policy = warden_policy::parse(text, name)?;
+    let mut diagnostics = Vec::new();
+    for (i, node) in policy.nodes.iter().enumerate() {
+        let Some(reference) = &node.reference else {
+            continue;
+        };
+        let checked = toml::to_string(reference)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                warden_attest::reference::ReferenceValues::from_toml(&t).map_err(|e| e.to_string())
+            });
+        if let Err(why) = checked {
+            diagnostics.push(warden_policy::Diagnostic {
+                file: name.to_owned(),
+                line: 0,
+                column: 0,
+                path: format!("node[{i}].reference"),
+                message: format!(
+                    "node {:?}: the reference values are not valid: {why}",
+                    node.id
+                ),
+                hint: Some(
+                    "write them as `wardctl reference capture` does (docs/attestation.md)".into(),
+                ),
+            });
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(policy)
+    } else {
+        Err(PolicyError { diagnostics })
+    }
+}
+
 /// Installs nftables plans (a trait so the admin API can be tested without CAP_NET_ADMIN).
 pub trait Enforcer: Send + Sync {
     fn apply(&self, plan: &NftPlan) -> Result<(), String>;
+    /// The table's counters, when there is a table.
+    fn counters(&self) -> Option<Result<warden_enforcer::nft::Counters, String>> {
+        None
+    }
 }
 
 /// The real thing: Warden's table in wardend's network namespace.
@@ -82,6 +123,10 @@ pub struct Nftables;
 impl Enforcer for Nftables {
     fn apply(&self, plan: &NftPlan) -> Result<(), String> {
         warden_enforcer::nft::apply(plan).map_err(|e| e.to_string())
+    }
+
+    fn counters(&self) -> Option<Result<warden_enforcer::nft::Counters, String>> {
+        Some(warden_enforcer::nft::counters().map_err(|e| e.to_string()))
     }
 }
 
@@ -139,8 +184,8 @@ impl PolicyService {
         let path = dir.join(CURRENT);
         let active = match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let policy = warden_policy::parse(&text, &path.display().to_string())
-                    .with_context(|| {
+                let policy =
+                    parse_policy(&text, &path.display().to_string()).with_context(|| {
                         format!("the stored policy {} is not valid", path.display())
                     })?;
                 Some(Arc::new(ActivePolicy::new(text, policy)))
@@ -173,6 +218,11 @@ impl PolicyService {
             tracing::info!("no policy applied yet: every forwarded packet is denied");
         }
         Ok(service)
+    }
+
+    /// The nftables counters (blocking: a netlink dump), when nftables enforcement is on.
+    pub fn counters(&self) -> Option<Result<warden_enforcer::nft::Counters, String>> {
+        self.enforcer.counters()
     }
 
     /// The policy in force.
@@ -224,7 +274,7 @@ impl PolicyService {
             .apply_lock
             .lock()
             .map_err(|_| ApplyError::Store("poisoned".into()))?;
-        let policy = match warden_policy::parse(text, name) {
+        let policy = match parse_policy(text, name) {
             Ok(p) => p,
             Err(e) => {
                 let err = ApplyError::Invalid(e);

@@ -126,12 +126,30 @@ fn summary(p: &Policy) -> Summary {
 
 async fn show(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     operator(&caller)?;
+    let service = Arc::clone(&s.policy);
+    let counters = tokio::task::spawn_blocking(move || service.counters())
+        .await
+        .map_err(|_| ApiError::unavailable("reading the counters failed to run"))?;
+    let counters = match counters {
+        None => serde_json::Value::Null,
+        Some(Ok(c)) => {
+            let count = |c: &warden_enforcer::nft::Count| serde_json::json!({ "packets": c.packets, "bytes": c.bytes });
+            serde_json::json!({
+                "rules": c.rules.iter().map(|(k, v)| (k.clone(), count(v))).collect::<serde_json::Map<_, _>>(),
+                "flows_dropped": count(&c.flows_dropped),
+                "wire_accepted": count(&c.wire_accepted),
+                "wire_dropped": count(&c.wire_dropped),
+            })
+        }
+        Some(Err(e)) => serde_json::json!({ "error": e }),
+    };
     let body = match s.policy.active() {
-        None => serde_json::json!({ "policy": null }),
+        None => serde_json::json!({ "policy": null, "counters": counters }),
         Some(a) => serde_json::json!({
             "policy": summary(&a.policy),
             "since_ms": a.since_ms,
             "document": a.text,
+            "counters": counters,
         }),
     };
     Ok(Json(body).into_response())
@@ -144,7 +162,7 @@ async fn validate(
 ) -> Result<Response, ApiError> {
     operator(&caller)?;
     let name = q.name();
-    let parsed = tokio::task::spawn_blocking(move || warden_policy::parse(&body, &name))
+    let parsed = tokio::task::spawn_blocking(move || crate::policy::parse_policy(&body, &name))
         .await
         .map_err(|_| ApiError::unavailable("validation failed to run"))?;
     Ok(match parsed {
@@ -248,7 +266,7 @@ async fn diff(
 ) -> Result<Response, ApiError> {
     operator(&caller)?;
     let name = q.name();
-    let parsed = tokio::task::spawn_blocking(move || warden_policy::parse(&body, &name))
+    let parsed = tokio::task::spawn_blocking(move || crate::policy::parse_policy(&body, &name))
         .await
         .map_err(|_| ApiError::unavailable("validation failed to run"))?;
     let new = match parsed {

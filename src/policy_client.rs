@@ -33,7 +33,7 @@ pub fn read_policy(file: &Path) -> anyhow::Result<String> {
 /// Validate locally with the same code the appliance runs. Exit 1 when invalid.
 pub fn validate_local(file: &Path) -> anyhow::Result<ExitCode> {
     let text = read_policy(file)?;
-    match warden_policy::parse(&text, &file.display().to_string()) {
+    match crate::policy::parse_policy(&text, &file.display().to_string()) {
         Ok(p) => {
             println!(
                 "valid: version {} {} ({} nodes, {} tenants, {} segments, {} rules)",
@@ -226,8 +226,28 @@ pub async fn show(http: &reqwest::Client, base: &str, document: bool) -> anyhow:
         at(p, "/segments"),
         at(p, "/rules").as_array().map_or(0, Vec::len)
     );
-    for r in at(p, "/rules").as_array().into_iter().flatten() {
-        println!("  allow {}", r.as_str().unwrap_or_default());
+    let counters = at(&body, "/counters");
+    for (i, r) in at(p, "/rules").as_array().into_iter().flatten().enumerate() {
+        let hits = at(counters, &format!("/rules/r{i}/packets"));
+        if hits.is_null() {
+            println!("  allow {}", r.as_str().unwrap_or_default());
+        } else {
+            println!(
+                "  allow {}  ({hits} packets)",
+                r.as_str().unwrap_or_default()
+            );
+        }
+    }
+    let dropped = at(counters, "/flows_dropped/packets");
+    if !dropped.is_null() {
+        println!("  denied  {dropped} packets (no rule allows them)");
+        println!(
+            "  wire    {} accepted, {} dropped",
+            at(counters, "/wire_accepted/packets"),
+            at(counters, "/wire_dropped/packets")
+        );
+    } else if let Some(e) = at(counters, "/error").as_str() {
+        println!("  counters unavailable: {e}");
     }
     Ok(ExitCode::SUCCESS)
 }

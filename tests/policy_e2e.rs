@@ -233,6 +233,50 @@ async fn operators_validate_diff_apply_and_show_policies() {
         .unwrap()
         .contains("not newer"));
 
+    // Node reference values are checked with the attestation crate: a broken one is refused,
+    // the appliance's own captured ones pass.
+    let mut doc: toml::Table = toml::from_str(&v4_text).unwrap();
+    let mut broken = doc.clone();
+    broken["node"].as_array_mut().unwrap()[0]
+        .as_table_mut()
+        .unwrap()
+        .insert(
+            "reference".into(),
+            toml::Value::Table(toml::from_str("version = 7").unwrap()),
+        );
+    let broken = write(&node, "broken-ref.toml", &toml::to_string(&broken).unwrap());
+    let o = wardctl(&["policy", "validate", s(&broken)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("node[0].reference") && stderr(&o).contains("not valid"),
+        "{}",
+        text(&o)
+    );
+    let o = policy(&node, "apply", Some(&broken), &op);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let captured = node.dir.path().join("captured.toml");
+    let url = node.url();
+    let o = wardctl(&[
+        "reference",
+        "capture",
+        "--url",
+        &url,
+        "--ca",
+        s(&node.ca()),
+        "--out",
+        s(&captured),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let reference: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&captured).unwrap()).unwrap();
+    doc["node"].as_array_mut().unwrap()[0]
+        .as_table_mut()
+        .unwrap()
+        .insert("reference".into(), toml::Value::Table(reference));
+    let with_ref = write(&node, "with-ref.toml", &toml::to_string(&doc).unwrap());
+    let o = wardctl(&["policy", "validate", s(&with_ref)]);
+    assert!(o.status.success(), "{}", text(&o));
+
     // Tenants cannot touch the policy; nor can callers without a certificate.
     let tenant = node.client_cert("warden:tenant:acme");
     let o = policy(&node, "apply", Some(&v4), &tenant);

@@ -101,6 +101,24 @@ fn policy(r: &Netns, node: &Node, verb: &str, file: &Path) -> Output {
     out
 }
 
+/// `wardctl policy show` as the operator, inside R.
+fn show(r: &Netns, node: &Node) -> Output {
+    let (cert, key) = node.operator_cert();
+    std::process::Command::new("ip")
+        .args(["netns", "exec", r.name()])
+        .arg(env!("CARGO_BIN_EXE_wardctl"))
+        .args(["policy", "show", "--url"])
+        .arg(node.url())
+        .arg("--ca")
+        .arg(node.ca())
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .unwrap()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{:?}\n{}{}",
@@ -203,6 +221,27 @@ fn wardctl_apply_enforces_policies_on_real_traffic() {
     // Rules are directed: B may not open connections to A.
     let _sa = Server::start(&a, "198.51.100.2:8080".parse().unwrap());
     assert!(!connects(&b, "198.51.100.2:8080"));
+    // The counters say so: the rule counted the allowed connection, the drops the rest.
+    let o = show(&r, &node);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let packets = |marker: &str| -> u64 {
+        let line = out
+            .lines()
+            .find(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("{out}"));
+        let digits: String = line
+            .split(marker)
+            .nth(1)
+            .unwrap()
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    assert!(packets("web -> db tcp/8080") >= 1, "{out}");
+    assert!(packets("denied") >= 2, "{out}");
 
     let v2 = write("v2.toml", &policy_text(2, 9090));
     let o = policy(&r, &node, "apply", &v2);
