@@ -169,13 +169,25 @@ impl PolicyService {
         audit: Arc<AuditLog>,
         tpm: TpmActor,
     ) -> anyhow::Result<Arc<PolicyService>> {
-        let dir = state_dir.join("policy");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let enforcer: Box<dyn Enforcer> = if config.nftables {
             Box::new(Nftables)
         } else {
             Box::new(NoEnforcement)
         };
+        Self::start_with(state_dir, config, api_port, audit, tpm, enforcer).await
+    }
+
+    /// [`PolicyService::start`] with a given enforcer.
+    pub async fn start_with(
+        state_dir: &Path,
+        config: &PolicyConfig,
+        api_port: u16,
+        audit: Arc<AuditLog>,
+        tpm: TpmActor,
+        enforcer: Box<dyn Enforcer>,
+    ) -> anyhow::Result<Arc<PolicyService>> {
+        let dir = state_dir.join("policy");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let wire = config.wire_interface.as_ref().map(|w| WireSettings {
             interface: w.clone(),
             esp_udp_port: config.esp_udp_port,
@@ -402,4 +414,121 @@ fn truncate(s: &str) -> String {
         end -= 1;
     }
     s.get(..end).unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../policy/tests/data/example.toml");
+
+    /// Records the versions it was asked to install; refuses version 7.
+    struct Recording(Arc<Mutex<Vec<u64>>>);
+
+    impl Enforcer for Recording {
+        fn apply(&self, plan: &NftPlan) -> Result<(), String> {
+            if plan.version == 7 {
+                return Err("the kernel said no (test)".into());
+            }
+            self.0.lock().unwrap().push(plan.version);
+            Ok(())
+        }
+    }
+
+    fn version(v: u64) -> String {
+        EXAMPLE.replace("version = 3", &format!("version = {v}"))
+    }
+
+    fn kinds(audit: &AuditLog) -> Vec<Event> {
+        let n = audit.store().len();
+        audit
+            .store()
+            .entries(0..n)
+            .unwrap()
+            .iter()
+            .map(|l| Event::from_leaf(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failures_keep_the_policy_in_force_and_are_audited() {
+        if warden_testkit::skip_without_swtpm("policy service") {
+            return;
+        }
+        let swtpm = warden_testkit::Swtpm::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tpm = TpmActor::spawn(crate::appliance::TpmSettings {
+            tcti: swtpm.tcti(),
+            ak_handle: 0x8101_0002,
+            ak_algorithm: warden_attest::tpm::AkAlgorithm::EccP256,
+            appliance_pcr: 15,
+            state_dir: dir.path().to_owned(),
+        })
+        .unwrap();
+        let (audit, _) = AuditLog::open(dir.path(), "node").unwrap();
+        let installed = Arc::new(Mutex::new(Vec::new()));
+        let service = PolicyService::start_with(
+            dir.path(),
+            &PolicyConfig::default(),
+            8443,
+            Arc::clone(&audit),
+            tpm,
+            Box::new(Recording(Arc::clone(&installed))),
+        )
+        .await
+        .unwrap();
+        // No policy: the empty, deny-all plan (version 0) went in at start.
+        assert_eq!(*installed.lock().unwrap(), vec![0]);
+
+        let svc = Arc::clone(&service);
+        let v3 = tokio::task::spawn_blocking(move || svc.apply(EXAMPLE, "p.toml", "alice"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v3.version, 3);
+
+        // The enforcer fails: refused, v3 stays, nothing stored, the refusal audited.
+        let svc = Arc::clone(&service);
+        let err = tokio::task::spawn_blocking(move || svc.apply(&version(7), "p.toml", "alice"))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, ApplyError::Enforce(_)), "{err}");
+        assert_eq!(service.active().unwrap().policy.version, 3);
+        let stored = std::fs::read_to_string(dir.path().join("policy").join(CURRENT)).unwrap();
+        assert_eq!(stored, EXAMPLE);
+        let last = kinds(&audit).pop().unwrap();
+        assert_eq!(last.kind, Kind::PolicyRefused);
+        assert!(
+            last.details["reason"].contains("the kernel said no"),
+            "{last:?}"
+        );
+        assert_eq!(last.actor, "operator:alice");
+
+        // Storing fails after the table went in: rolled back to v3 in nftables, audited.
+        let policy_dir = dir.path().join("policy");
+        std::fs::remove_dir_all(&policy_dir).unwrap();
+        std::fs::write(&policy_dir, b"not a directory").unwrap();
+        let svc = Arc::clone(&service);
+        let err = tokio::task::spawn_blocking(move || svc.apply(&version(8), "p.toml", "alice"))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, ApplyError::Store(_)), "{err}");
+        assert_eq!(*installed.lock().unwrap(), vec![0, 3, 8, 3]);
+        assert_eq!(service.active().unwrap().policy.version, 3);
+        let events = kinds(&audit);
+        let n = events.len();
+        assert_eq!(events[n - 2].kind, Kind::PolicyRolledBack);
+        assert_eq!(events[n - 2].details["restored_version"], "3");
+        assert_eq!(events[n - 1].kind, Kind::PolicyRefused);
+        audit.shutdown();
+    }
 }
