@@ -93,7 +93,18 @@ struct Cursor {
     /// Entries skipped over the exporter's life.
     #[serde(default)]
     skipped: u64,
+    /// Skipped ranges `[first, end)` no delivered gap event has named yet. A gap event can
+    /// itself be skipped by a later overflow; the next one then names every range still
+    /// unreported, so no skip goes unnoticed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unreported: Vec<(u64, u64)>,
+    /// Sequence number of the latest gap event, until a delivered batch includes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gap_event: Option<u64>,
 }
+
+/// Most unreported ranges kept; older ones merge into one covering range.
+const MAX_UNREPORTED: usize = 32;
 
 impl Cursor {
     /// Read the cursor; a missing file is the start of the log.
@@ -274,6 +285,7 @@ fn resume(audit: &AuditLog, path: &Path) -> anyhow::Result<Cursor> {
                 n => Some(hex::encode(audit.store().leaf_hash(n - 1)?)),
             },
             skipped: cursor.skipped,
+            ..Cursor::default()
         });
     }
     if cursor.next > 0 {
@@ -466,6 +478,24 @@ impl Worker {
         let from = self.cursor.next;
         let count = to - from;
         tracing::error!(from, to, %reason, "audit export: entries skipped");
+        let mut unreported = self.cursor.unreported.clone();
+        match unreported.last_mut() {
+            Some(last) if last.1 == from => last.1 = to,
+            _ => unreported.push((from, to)),
+        }
+        if unreported.len() > MAX_UNREPORTED {
+            let first = unreported.first().map_or(from, |r| r.0);
+            let keep = unreported.split_off(unreported.len() - (MAX_UNREPORTED - 1));
+            // Off-spec only in precision: the merged range may include delivered entries.
+            unreported = std::iter::once((first, keep.first().map_or(to, |r| r.0)))
+                .chain(keep)
+                .collect();
+        }
+        let ranges = unreported
+            .iter()
+            .map(|(a, b)| format!("{a}-{b}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let event = Event::new(
             now_ms(),
             Kind::AuditExportGap,
@@ -477,12 +507,16 @@ impl Worker {
         .detail("first", from.to_string())
         .detail("end", to.to_string())
         .detail("count", count.to_string())
+        .detail("ranges", ranges)
         .detail("reason", reason);
-        if let Err(e) = self.audit.record_async(event).await {
-            tracing::error!(error = %e, "audit export: the gap could not be recorded; not skipping");
-            tokio::time::sleep(RETRY_MIN).await;
-            return;
-        }
+        let seq = match self.audit.record_async(event).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::error!(error = %e, "audit export: the gap could not be recorded; not skipping");
+                tokio::time::sleep(RETRY_MIN).await;
+                return;
+            }
+        };
         let leaf = match self.audit.store().leaf_hash(to - 1) {
             Ok(h) => h,
             Err(e) => {
@@ -491,10 +525,17 @@ impl Worker {
                 return;
             }
         };
+        self.cursor.unreported = unreported;
+        self.cursor.gap_event = Some(seq);
         self.advance(to, leaf, count).await;
     }
 
     async fn advance(&mut self, next: u64, prev_leaf: Hash, skipped: u64) {
+        // A delivered gap event names every unreported range.
+        if skipped == 0 && self.cursor.gap_event.is_some_and(|g| g < next) {
+            self.cursor.unreported.clear();
+            self.cursor.gap_event = None;
+        }
         self.cursor.next = next;
         self.cursor.prev_leaf = Some(hex::encode(prev_leaf));
         self.cursor.skipped += skipped;
@@ -530,6 +571,8 @@ mod tests {
             next: 42,
             prev_leaf: Some("ab".repeat(32)),
             skipped: 3,
+            unreported: vec![(1, 5), (9, 12)],
+            gap_event: Some(40),
         };
         c.store(&path).unwrap();
         assert_eq!(Cursor::load(&path).unwrap(), Some(c));

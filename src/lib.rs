@@ -20,4 +20,5 @@ pub mod measure;
 pub mod policy;
 pub mod policy_api;
 pub mod policy_client;
+pub mod vault;
 pub mod wire;

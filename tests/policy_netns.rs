@@ -83,8 +83,7 @@ fn connects(ns: &Netns, addr: &str) -> bool {
 /// `wardctl policy <verb> FILE` as the operator, run inside R (where the API is).
 fn policy(r: &Netns, node: &Node, verb: &str, file: &Path) -> Output {
     let (cert, key) = node.operator_cert();
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", r.name()])
+    let out = warden_testkit::command_in(r.name())
         .arg(env!("CARGO_BIN_EXE_wardctl"))
         .args(["policy", verb])
         .arg(file)
@@ -104,8 +103,7 @@ fn policy(r: &Netns, node: &Node, verb: &str, file: &Path) -> Output {
 /// `wardctl policy show` as the operator, inside R.
 fn show(r: &Netns, node: &Node) -> Output {
     let (cert, key) = node.operator_cert();
-    std::process::Command::new("ip")
-        .args(["netns", "exec", r.name()])
+    warden_testkit::command_in(r.name())
         .arg(env!("CARGO_BIN_EXE_wardctl"))
         .args(["policy", "show", "--url"])
         .arg(node.url())

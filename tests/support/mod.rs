@@ -47,7 +47,7 @@ impl Node {
     }
 
     /// Like [`Node::start_with_config`], with swtpm and wardend inside the network namespace
-    /// `netns` (its API is then reachable only from there: use `ip netns exec`).
+    /// `netns` (its API is then reachable only from there: use `warden_testkit::command_in`).
     pub fn start_in_netns(wardend: &Path, name: &str, netns: &str, extra: &str) -> Node {
         Self::start_full(wardend, name, None, extra, Some(netns.to_owned()))
     }
@@ -143,8 +143,8 @@ client_ca = "tls/ca.crt"
             .unwrap();
         let mut command = match &self.netns {
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.wardend);
+                let mut c = warden_testkit::command_in(ns);
+                c.arg(&self.wardend);
                 c
             }
             None => Command::new(&self.wardend),
@@ -183,8 +183,8 @@ client_ca = "tls/ca.crt"
     fn listening(&self) -> bool {
         match &self.netns {
             None => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
-            Some(ns) => Command::new("ip")
-                .args(["netns", "exec", ns, "bash", "-c"])
+            Some(ns) => warden_testkit::command_in(ns)
+                .args(["bash", "-c"])
                 .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{}", self.port))
                 .stderr(Stdio::null())
                 .status()

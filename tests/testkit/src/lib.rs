@@ -28,7 +28,7 @@ mod ports;
 mod rsyslog;
 mod swtpm;
 
-pub use netns::{skip_without_netns, veth, Netns};
+pub use netns::{command_in, skip_without_netns, veth, Netns};
 pub use ports::free_port_pair;
 pub use rsyslog::{rsyslog_available, Rsyslog, RsyslogTls};
 pub use swtpm::{Swtpm, SwtpmOptions, QUIET_TSS_LOG};

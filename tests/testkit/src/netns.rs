@@ -35,6 +35,16 @@ pub struct Netns {
     name: String,
 }
 
+/// A command that runs `program` (the caller adds it with `.arg`) inside the named network
+/// namespace: `nsenter --net=/run/netns/<name>`. Unlike `ip netns exec` and `ip -n`, it
+/// switches only the network namespace and touches no mounts, so it also works where `/`
+/// is not a mount point (a chroot). The program is exec'd: same process, same pid.
+pub fn command_in(netns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{netns}"));
+    c
+}
+
 /// Whether netns tests must be skipped: only when the process is not root and `CI` is unset
 /// (prints why). As root, or in CI, they run, and fail if namespaces cannot be made.
 pub fn skip_without_netns(test: &str) -> bool {
@@ -138,25 +148,23 @@ impl Netns {
         })
     }
 
-    /// `ip netns exec <name> <args...>`, with its output whatever the exit status.
+    /// `<args...>` run inside the namespace (see [`command_in`]), with its output whatever
+    /// the exit status.
     pub fn exec(&self, args: &[&str]) -> io::Result<Output> {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
+        command_in(&self.name).args(args).output()
     }
 
     /// [`Netns::exec`], failing unless the command succeeds; returns its stdout.
     pub fn exec_ok(&self, args: &[&str]) -> io::Result<String> {
         let out = self.exec(args)?;
-        check(&format!("ip netns exec {}", self.name), args, out)
+        check(&format!("in netns {}:", self.name), args, out)
     }
 
-    /// `ip -n <name> <args...>`.
+    /// `ip <args...>` inside the namespace.
     pub fn ip(&self, args: &[&str]) -> io::Result<String> {
-        let mut all = vec!["-n", self.name.as_str()];
+        let mut all = vec!["ip"];
         all.extend_from_slice(args);
-        ip(&all)
+        self.exec_ok(&all)
     }
 
     /// Adds `cidr` (IPv4 or IPv6; IPv6 without duplicate address detection) to `dev`.

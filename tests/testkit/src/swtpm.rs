@@ -99,7 +99,7 @@ impl Swtpm {
     }
 
     /// Like [`Swtpm::start`], serving the TPM on the loopback of the named network namespace
-    /// (`ip netns exec`), for a wardend that runs there. The control port stays in ours.
+    /// (`nsenter`), for a wardend that runs there. The control port stays in ours.
     pub fn start_in_netns(netns: &str) -> io::Result<Swtpm> {
         Swtpm::start_inner(SwtpmOptions::default(), Some(netns.to_owned()))
     }
@@ -277,11 +277,11 @@ fn launch(
     let log = File::create(&log_path)?;
     let ctrl_fd = OwnedFd::from(ctrl.try_clone()?);
     let ctrl_port = ctrl.local_addr()?.port();
-    // `ip netns exec` enters the namespace and execs swtpm: the same process, same pid.
+    // nsenter enters the namespace and execs swtpm: the same process, same pid.
     let mut command = match netns {
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(swtpm);
+            let mut c = crate::command_in(ns);
+            c.arg(swtpm);
             c
         }
         None => Command::new(swtpm),
@@ -348,8 +348,8 @@ enum ReadyError {
 fn wait_ready_in(child: &mut Child, netns: &str, port: u16) -> Result<(), ReadyError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let probe = |p: u16| {
-        Command::new("ip")
-            .args(["netns", "exec", netns, "bash", "-c"])
+        crate::command_in(netns)
+            .args(["bash", "-c"])
             .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{p}"))
             .stderr(Stdio::null())
             .status()
