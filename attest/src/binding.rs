@@ -26,6 +26,9 @@ pub mod purpose {
     /// Evidence a peer or workload presents to an appliance's appraisal endpoint; the bound key
     /// is the presenter's own (e.g. an ephemeral key a released secret will be wrapped to).
     pub const APPRAISAL: &str = "warden/appraisal/v1";
+    /// A tenant about to provision a key: the bound key is the one-use X25519 key the
+    /// appliance issued for the upload (the key is wrapped to it, warden-keys envelope).
+    pub const KEY_PROVISION: &str = "warden/keys/provision/v1";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -16,6 +16,7 @@ pub mod ear;
 pub mod eventlog;
 pub mod evidence;
 pub mod reference;
+pub mod sealed;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 pub mod tpm2;

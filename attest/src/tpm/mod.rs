@@ -20,9 +20,11 @@ mod ak;
 mod ek;
 pub mod forge;
 mod pcr;
+mod seal;
 
 pub use ek::EK_CERT_INDICES;
 pub use pcr::{MAX_EXTRA_DATA, PCR_COUNT};
+pub use seal::SealError;
 
 use std::str::FromStr;
 
