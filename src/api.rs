@@ -53,6 +53,9 @@ pub struct ApiState {
     pub reference_path: Option<PathBuf>,
     pub audit: Arc<AuditLog>,
     pub policy: Arc<crate::policy::PolicyService>,
+    pub vault: Arc<crate::vault::Vault>,
+    /// The TPM name of the attestation key (what key envelopes are bound to).
+    pub ak_name: Vec<u8>,
     /// The syslog exporter's status, when `[audit.syslog]` is configured.
     pub export: Option<tokio::sync::watch::Receiver<crate::export::ExportStatus>>,
     pub name: String,
@@ -68,6 +71,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The message for the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -138,6 +146,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     .into_iter()
     .chain(crate::audit_api::routes())
     .chain(crate::policy_api::routes())
+    .chain(crate::keys_api::routes())
     .collect()
 }
 

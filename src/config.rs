@@ -57,6 +57,18 @@ pub struct Config {
     pub attestation: AttestationConfig,
     pub audit: AuditConfig,
     pub policy: PolicyConfig,
+    pub keys: KeysConfig,
+}
+
+/// `[keys]`: how the tenant key vault seals keys (docs/keys.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeysConfig {
+    /// The PCR-policy authority's public key (a file holding the hex SEC1 P-256 point). Keys
+    /// are sealed so that only PCR states this authority signed can unseal them. Without it
+    /// the vault is off: provisioning is refused.
+    pub authority: Option<PathBuf>,
+    /// The authority's signed PCR policy (JSON) for the state the appliance runs in.
+    pub pcr_policy: Option<PathBuf>,
 }
 
 /// `[policy]`: how the microsegmentation policy is enforced (docs/policy.md).
@@ -289,6 +301,17 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    keys: RawKeys,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    #[serde(default)]
+    authority: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pcr_policy: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -392,8 +415,28 @@ impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let name = self.name(raw.name)?;
         let policy = self.policy(raw.policy)?;
+        let keys = KeysConfig {
+            authority: raw
+                .keys
+                .authority
+                .map(|p| self.path("keys.authority", p))
+                .transpose()?,
+            pcr_policy: raw
+                .keys
+                .pcr_policy
+                .map(|p| self.path("keys.pcr_policy", p))
+                .transpose()?,
+        };
+        if keys.authority.is_some() != keys.pcr_policy.is_some() {
+            return Err(self.invalid(
+                "keys",
+                None,
+                "authority and pcr_policy go together: give both or neither".to_owned(),
+            ));
+        }
         Ok(Config {
             policy,
+            keys,
             audit: AuditConfig {
                 syslog: raw
                     .audit
@@ -1315,6 +1358,24 @@ ca = "tls/collector-ca.crt"
             let msg = error(&format!("{MINIMAL}[policy]\n{line}\n"));
             assert_names(&msg, key);
         }
+    }
+
+    #[test]
+    fn keys_settings_go_together() {
+        assert_eq!(parse(MINIMAL).unwrap().keys, KeysConfig::default());
+        let c = parse(&format!(
+            "{MINIMAL}[keys]\nauthority = \"a.hex\"\npcr_policy = \"p.json\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.keys.authority.as_deref(),
+            Some(Path::new("/etc/warden/a.hex"))
+        );
+        let msg = error(&format!("{MINIMAL}[keys]\nauthority = \"a.hex\"\n"));
+        assert!(
+            msg.contains("keys: authority and pcr_policy go together"),
+            "{msg}"
+        );
     }
 
     #[test]

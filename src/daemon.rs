@@ -143,8 +143,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tpm.clone(),
     )
     .await?;
+    let sealer: Box<dyn crate::vault::Sealer> =
+        match (&config.keys.authority, &config.keys.pcr_policy) {
+            (Some(authority), Some(pcr_policy)) => Box::new(crate::vault::TpmSealer::load(
+                tpm.clone(),
+                authority,
+                pcr_policy,
+            )?),
+            _ => Box::new(crate::vault::DisabledSealer),
+        };
+    let state_dir = config.state_dir.clone();
+    let (vault, unsealed_not) =
+        tokio::task::spawn_blocking(move || crate::vault::Vault::open(&state_dir, sealer))
+            .await??;
+    for f in unsealed_not {
+        audit
+            .record_async(
+                Event::new(
+                    now_ms(),
+                    Kind::KeyUnsealFailed,
+                    "wardend",
+                    &f.key_id,
+                    Outcome::Failure,
+                )
+                .tenant(&f.tenant)
+                .detail("version", f.version.to_string())
+                .detail("error", f.error.chars().take(1024).collect::<String>()),
+            )
+            .await?;
+    }
     let state = Arc::new(ApiState {
         policy,
+        vault: Arc::new(vault),
+        ak_name: ak_name.clone(),
         tpm,
         identity,
         tls_spki,

@@ -16,6 +16,8 @@ pub mod audit_client;
 pub mod client;
 pub mod daemon;
 pub mod export;
+pub mod keys_api;
+pub mod keys_client;
 pub mod measure;
 pub mod policy;
 pub mod policy_api;

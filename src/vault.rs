@@ -516,6 +516,85 @@ fn remove_file(path: &Path) -> Result<(), VaultError> {
     }
 }
 
+/// Seals with the appliance's TPM under the configured authority's signed PCR policy.
+pub struct TpmSealer {
+    tpm: crate::appliance::TpmActor,
+    authority: Vec<u8>,
+    policy: warden_attest::sealed::SignedPolicy,
+}
+
+impl TpmSealer {
+    /// Load the authority's public key (hex SEC1) and its signed policy; the policy must
+    /// carry the authority's valid signature.
+    pub fn load(
+        tpm: crate::appliance::TpmActor,
+        authority: &Path,
+        policy: &Path,
+    ) -> anyhow::Result<TpmSealer> {
+        use anyhow::Context as _;
+        let text = std::fs::read_to_string(authority)
+            .with_context(|| format!("keys.authority: reading {}", authority.display()))?;
+        let authority_key = hex::decode(text.trim()).with_context(|| {
+            format!(
+                "keys.authority: {} is not a hex SEC1 public key",
+                authority.display()
+            )
+        })?;
+        let bytes = std::fs::read(policy)
+            .with_context(|| format!("keys.pcr_policy: reading {}", policy.display()))?;
+        let signed = warden_attest::sealed::SignedPolicy::from_json(&bytes)
+            .with_context(|| format!("keys.pcr_policy: {}", policy.display()))?;
+        signed.verify(&authority_key).with_context(|| {
+            format!(
+                "keys.pcr_policy: {} is not signed by the configured authority",
+                policy.display()
+            )
+        })?;
+        Ok(TpmSealer {
+            tpm,
+            authority: authority_key,
+            policy: signed,
+        })
+    }
+}
+
+impl Sealer for TpmSealer {
+    fn seal(&self, secret: &[u8]) -> Result<Vec<u8>, String> {
+        let secret = zeroize::Zeroizing::new(secret.to_vec());
+        let authority = self.authority.clone();
+        self.tpm
+            .run_blocking(move |a| Ok(a.tpm.seal(&secret, &authority)?))
+            .map(|blob| blob.to_bytes())
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    fn unseal(&self, blob: &[u8]) -> Result<KeyMaterial, String> {
+        let blob = warden_attest::sealed::SealedBlob::from_bytes(blob)
+            .map_err(|e| format!("the sealed blob is damaged: {e}"))?;
+        let authority = self.authority.clone();
+        let policy = self.policy.clone();
+        self.tpm
+            .run_blocking(move |a| Ok(a.tpm.unseal(&blob, &policy, &authority)?))
+            .map(|secret| KeyMaterial::new(secret.to_vec()))
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// The vault without `[keys]`: nothing can be sealed, so nothing is provisioned.
+pub struct DisabledSealer;
+
+const DISABLED: &str =
+    "the key vault is off: configure [keys] authority and pcr_policy (docs/keys.md)";
+
+impl Sealer for DisabledSealer {
+    fn seal(&self, _: &[u8]) -> Result<Vec<u8>, String> {
+        Err(DISABLED.into())
+    }
+    fn unseal(&self, _: &[u8]) -> Result<KeyMaterial, String> {
+        Err(DISABLED.into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(
@@ -657,7 +736,11 @@ mod tests {
         let (v, failed) = open(dir.path(), true);
         assert_eq!(failed.len(), 1);
         assert_eq!(
-            (failed[0].tenant.as_str(), failed[0].key_id.as_str(), failed[0].version),
+            (
+                failed[0].tenant.as_str(),
+                failed[0].key_id.as_str(),
+                failed[0].version
+            ),
             ("acme", "ew", 1)
         );
         assert!(!v.list(Some("acme"))[0].versions[0].available);
@@ -690,3 +773,4 @@ mod tests {
         assert!(v.challenge("globex", 200).is_ok());
     }
 }
+

@@ -58,6 +58,26 @@ pub enum Kind {
     /// completed.
     #[serde(rename = "policy.rolled-back")]
     PolicyRolledBack,
+    /// A tenant key (version) was provisioned (never the material).
+    #[serde(rename = "key.provisioned")]
+    KeyProvisioned,
+    /// A provisioning, release or key operation was refused, with the reason.
+    #[serde(rename = "key.refused")]
+    KeyRefused,
+    #[serde(rename = "key.deleted")]
+    KeyDeleted,
+    #[serde(rename = "key.retired")]
+    KeyRetired,
+    /// An operator rotated a key: the appliance made the new version.
+    #[serde(rename = "key.rotated")]
+    KeyRotated,
+    #[serde(rename = "key.disabled")]
+    KeyDisabled,
+    #[serde(rename = "key.enabled")]
+    KeyEnabled,
+    /// A sealed key did not unseal in the appliance's state.
+    #[serde(rename = "key.unseal-failed")]
+    KeyUnsealFailed,
 }
 
 impl Kind {
@@ -81,6 +101,14 @@ impl Kind {
             Kind::PolicyApplied => "policy.applied",
             Kind::PolicyRefused => "policy.refused",
             Kind::PolicyRolledBack => "policy.rolled-back",
+            Kind::KeyProvisioned => "key.provisioned",
+            Kind::KeyRefused => "key.refused",
+            Kind::KeyDeleted => "key.deleted",
+            Kind::KeyRetired => "key.retired",
+            Kind::KeyRotated => "key.rotated",
+            Kind::KeyDisabled => "key.disabled",
+            Kind::KeyEnabled => "key.enabled",
+            Kind::KeyUnsealFailed => "key.unseal-failed",
         }
     }
 }

@@ -92,11 +92,98 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The tenant key vault (docs/keys.md): tenants provision, list, retire and delete their
+    /// keys; operators list, rotate, disable and enable them (never seeing material).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The microsegmentation policy (docs/policy.md): validate a file, and diff, apply or
     /// show an appliance's policy (operator certificate).
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum KindArg {
+    EastWest,
+    Secret,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Provision a key: verify the appliance against reference values, then send the key
+    /// wrapped to the appliance's attested one-use key (HPKE). Version 1 creates the key;
+    /// `rotate` sends the next version.
+    Put {
+        key_id: String,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+        /// Reference values the appliance must meet before it gets the key.
+        #[arg(long)]
+        reference: PathBuf,
+        /// The key: a file with its raw bytes (1..=128); without it, 32 random bytes.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "secret")]
+        kind: KindArg,
+    },
+    /// Send the next version of a key (the current one stays usable until retired). As an
+    /// operator (--tenant), the appliance makes the new version itself.
+    Rotate {
+        key_id: String,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+        /// Operators: whose key to rotate.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, required_unless_present = "tenant")]
+        reference: Option<PathBuf>,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Keys, versions and states (never material).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
+    /// Retire an old version (tenants).
+    Retire {
+        key_id: String,
+        #[arg(long)]
+        version: u32,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
+    /// Delete a key for good (tenants): sealed blobs and memory copies.
+    Delete {
+        key_id: String,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
+    /// Disable or enable a key (operators).
+    Disable {
+        key_id: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        enable: bool,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
     },
 }
 
@@ -267,6 +354,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Audit { command } => audit(command).await,
         Command::Policy { command } => policy(command).await,
+        Command::Keys { command } => keys(command).await,
         Command::Attest {
             conn,
             reference,
@@ -441,6 +529,198 @@ async fn attest(
     } else {
         ExitCode::from(1)
     })
+}
+
+fn read_key(file: Option<&std::path::Path>) -> anyhow::Result<warden_keys::KeyMaterial> {
+    match file {
+        None => warden_keys::KeyMaterial::random(32).map_err(|_| anyhow::anyhow!("no randomness")),
+        Some(f) => {
+            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            if bytes.is_empty() || bytes.len() > warden_keys::MAX_KEY_BYTES {
+                anyhow::bail!(
+                    "{}: a key is 1..={} bytes",
+                    f.display(),
+                    warden_keys::MAX_KEY_BYTES
+                );
+            }
+            Ok(warden_keys::KeyMaterial::new(bytes))
+        }
+    }
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
+    use warden::keys_client as kc;
+    let http = |conn: &Conn, cert: &ClientCert| {
+        warden::tls::client_with_identity(&conn.ca, &cert.cert, &cert.key)
+    };
+    let base = |conn: &Conn| conn.url.trim_end_matches('/').to_owned();
+    let kind_of = |k: KindArg| match k {
+        KindArg::EastWest => warden_keys::KeyKind::EastWest,
+        KindArg::Secret => warden_keys::KeyKind::Secret,
+    };
+    match command {
+        KeysCommand::Put {
+            key_id,
+            conn,
+            cert,
+            reference,
+            key_file,
+            kind,
+        } => {
+            let tenant = kc::tenant_of_cert(&cert.cert)?;
+            let reference = warden::client::load_reference(&reference)?;
+            let key = read_key(key_file.as_deref())?;
+            let p = kc::put(
+                &http(&conn, &cert)?,
+                &base(&conn),
+                &tenant,
+                &reference,
+                &key_id,
+                kind_of(kind),
+                1,
+                key.expose(),
+            )
+            .await?;
+            println!(
+                "provisioned {} version {} (tenant {tenant})",
+                p.key_id, p.version
+            );
+        }
+        KeysCommand::Rotate {
+            key_id,
+            conn,
+            cert,
+            tenant: Some(tenant),
+            ..
+        } => {
+            let v = kc::call(
+                &http(&conn, &cert)?,
+                reqwest::Method::POST,
+                format!("{}/v1/admin/keys/{tenant}/{key_id}/rotate", base(&conn)),
+                None,
+                "rotate",
+            )
+            .await?;
+            let version = v
+                .and_then(|v| v.get("version").cloned())
+                .unwrap_or_default();
+            println!("rotated {tenant}/{key_id}: version {version} made on the appliance");
+        }
+        KeysCommand::Rotate {
+            key_id,
+            conn,
+            cert,
+            tenant: None,
+            reference,
+            key_file,
+        } => {
+            let tenant = kc::tenant_of_cert(&cert.cert)?;
+            let client = http(&conn, &cert)?;
+            let current = kc::list(&client, &base(&conn))
+                .await?
+                .into_iter()
+                .find(|k| k.key_id == key_id)
+                .with_context(|| format!("no key {key_id:?}"))?;
+            let next = current
+                .versions
+                .iter()
+                .map(|v| v.version)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let reference = warden::client::load_reference(
+                reference.as_deref().context("--reference is required")?,
+            )?;
+            let key = read_key(key_file.as_deref())?;
+            let p = kc::put(
+                &client,
+                &base(&conn),
+                &tenant,
+                &reference,
+                &key_id,
+                current.kind,
+                next,
+                key.expose(),
+            )
+            .await?;
+            println!("rotated {} to version {}", p.key_id, p.version);
+        }
+        KeysCommand::List { conn, cert } => {
+            for k in kc::list(&http(&conn, &cert)?, &base(&conn)).await? {
+                let versions: Vec<String> = k
+                    .versions
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "v{} {:?}{}",
+                            v.version,
+                            v.state,
+                            if v.available || v.state == warden::vault::VersionState::Retired {
+                                ""
+                            } else {
+                                " (sealed, unavailable)"
+                            }
+                        )
+                        .to_lowercase()
+                    })
+                    .collect();
+                println!(
+                    "{}/{} {}{}  {}",
+                    k.tenant,
+                    k.key_id,
+                    k.kind.name(),
+                    if k.disabled { " disabled" } else { "" },
+                    versions.join(", ")
+                );
+            }
+        }
+        KeysCommand::Retire {
+            key_id,
+            version,
+            conn,
+            cert,
+        } => {
+            kc::call(
+                &http(&conn, &cert)?,
+                reqwest::Method::POST,
+                format!("{}/v1/keys/{key_id}/retire", base(&conn)),
+                Some(serde_json::json!({ "version": version })),
+                "retire",
+            )
+            .await?;
+            println!("retired {key_id} version {version}");
+        }
+        KeysCommand::Delete { key_id, conn, cert } => {
+            kc::call(
+                &http(&conn, &cert)?,
+                reqwest::Method::DELETE,
+                format!("{}/v1/keys/{key_id}", base(&conn)),
+                None,
+                "delete",
+            )
+            .await?;
+            println!("deleted {key_id}");
+        }
+        KeysCommand::Disable {
+            key_id,
+            tenant,
+            enable,
+            conn,
+            cert,
+        } => {
+            let verb = if enable { "enable" } else { "disable" };
+            kc::call(
+                &http(&conn, &cert)?,
+                reqwest::Method::POST,
+                format!("{}/v1/admin/keys/{tenant}/{key_id}/{verb}", base(&conn)),
+                None,
+                verb,
+            )
+            .await?;
+            println!("{verb}d {tenant}/{key_id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {

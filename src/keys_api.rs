@@ -1,0 +1,435 @@
+//! The key vault API. Tenants provision, list, retire and delete their own keys; operators
+//! list every tenant's keys (never material), rotate and disable them. Every change and every
+//! refusal is audited, without key bytes.
+//!
+//! ```text
+//!  tenant                                         appliance
+//!  POST /v1/keys/challenges ───────────────────►  nonce, one-use X25519 key pkR,
+//!                           ◄───────────────────  evidence bound to (nonce, keys/provision, pkR)
+//!  verify evidence (reference values), wrap key to pkR (warden-keys envelope)
+//!  PUT /v1/keys/{key_id}  envelope ────────────►  challenge used up; binding checked; HPKE open;
+//!                                                 sealed by the TPM; audited
+//! ```
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use warden_attest::binding::{purpose, Nonce};
+use warden_attest::collect::{self, Request as CollectRequest};
+use warden_audit::event::{Event, Kind, Outcome};
+use warden_keys::{Binding, Envelope, Expected, KeyMaterial, Purpose};
+
+use crate::api::{ApiError, ApiState};
+use crate::audit::now_ms;
+use crate::identity::Identity;
+use crate::tls::Caller;
+use crate::vault::VaultError;
+
+type AppState = Arc<ApiState>;
+
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::POST, "/v1/keys/challenges", post(challenge)),
+        (Method::GET, "/v1/keys", get(list)),
+        (Method::PUT, "/v1/keys/{key_id}", put(provision)),
+        (Method::DELETE, "/v1/keys/{key_id}", delete(remove)),
+        (Method::POST, "/v1/keys/{key_id}/retire", post(retire)),
+        (
+            Method::POST,
+            "/v1/admin/keys/{tenant}/{key_id}/rotate",
+            post(rotate),
+        ),
+        (
+            Method::POST,
+            "/v1/admin/keys/{tenant}/{key_id}/disable",
+            post(disable),
+        ),
+        (
+            Method::POST,
+            "/v1/admin/keys/{tenant}/{key_id}/enable",
+            post(enable),
+        ),
+    ]
+}
+
+/// A provisioning challenge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeResponse {
+    /// base64: the nonce the evidence and the envelope are bound to.
+    pub nonce: String,
+    /// base64: the one-use X25519 key to wrap to (the evidence's bound key).
+    pub recipient: String,
+    /// Unix seconds after which the challenge is void.
+    pub expires: u64,
+    /// The appliance's name (goes into the envelope's binding).
+    pub appliance: String,
+    /// TPM evidence bound to (nonce, "warden/keys/provision/v1", recipient).
+    pub evidence: warden_attest::evidence::Evidence,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provisioned {
+    pub key_id: String,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetireRequest {
+    version: u32,
+}
+
+fn now_secs() -> u64 {
+    u64::try_from(now_ms() / 1000).unwrap_or(0)
+}
+
+fn tenant_of(caller: &Caller) -> Result<String, ApiError> {
+    match &caller.0 {
+        Identity::Tenant(t) => Ok(t.clone()),
+        Identity::Operator(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant role required: operators never hold tenant key material",
+        )),
+    }
+}
+
+fn operator_of(caller: &Caller) -> Result<String, ApiError> {
+    caller
+        .operator()
+        .map(str::to_owned)
+        .map_err(|r| ApiError::new(r.status(), r.message()))
+}
+
+fn vault_error(e: &VaultError) -> ApiError {
+    let status = match e {
+        VaultError::NotFound(_) => StatusCode::NOT_FOUND,
+        VaultError::KindMismatch { .. }
+        | VaultError::Version { .. }
+        | VaultError::FirstVersion(_)
+        | VaultError::Retire { .. }
+        | VaultError::Disabled(_) => StatusCode::CONFLICT,
+        VaultError::Limit(_) | VaultError::Busy => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+async fn record(s: &AppState, e: Event) -> Result<(), ApiError> {
+    s.audit
+        .record_async(e)
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::unavailable(format!("{e}; the request is refused")))
+}
+
+fn event(kind: Kind, actor: &str, tenant: &str, key_id: &str, outcome: Outcome) -> Event {
+    Event::new(now_ms(), kind, actor, key_id, outcome).tenant(tenant)
+}
+
+/// Refuse, audited.
+async fn refuse(
+    s: &AppState,
+    actor: &str,
+    tenant: &str,
+    key_id: &str,
+    err: ApiError,
+) -> Result<Response, ApiError> {
+    record(
+        s,
+        event(Kind::KeyRefused, actor, tenant, key_id, Outcome::Denied)
+            .detail("reason", err.message().to_owned()),
+    )
+    .await?;
+    Err(err)
+}
+
+async fn challenge(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller)?;
+    let c = s
+        .vault
+        .challenge(&tenant, now_secs())
+        .map_err(|e| vault_error(&e))?;
+    let nonce =
+        Nonce::try_from(c.nonce.as_slice()).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let recipient = c.recipient;
+    let st = Arc::clone(&s);
+    let pcrs = s.default_pcrs.clone();
+    let evidence = s
+        .tpm
+        .run(move |a| {
+            let log = a.log().to_vec();
+            collect::collect(
+                &mut a.tpm,
+                &CollectRequest {
+                    ak_handle: a.ak_handle,
+                    ak_public: &a.ak_public,
+                    ek_certificate: a.ek_certificate.as_deref(),
+                    nonce: &nonce,
+                    purpose: purpose::KEY_PROVISION,
+                    bound_key: &recipient,
+                    pcrs: &pcrs,
+                    appliance_pcr: a.appliance_pcr,
+                    appliance_log: &log,
+                    tcg_event_log: st.tcg_event_log.as_deref(),
+                },
+            )
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .map_err(|e| ApiError::unavailable(format!("the TPM could not produce evidence: {e}")))?;
+    Ok(Json(ChallengeResponse {
+        nonce: B64.encode(&c.nonce),
+        recipient: B64.encode(c.recipient),
+        expires: c.expires,
+        appliance: s.name.clone(),
+        evidence,
+    })
+    .into_response())
+}
+
+async fn provision(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(key_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller)?;
+    let actor = format!("tenant:{tenant}");
+    if !warden_keys::envelope::valid_name(&key_id) {
+        return Err(ApiError::bad_request(
+            "key ids are 1-63 of a-z, 0-9 and '-'",
+        ));
+    }
+    let parsed = match Envelope::parse(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return refuse(
+                &s,
+                &actor,
+                &tenant,
+                &key_id,
+                ApiError::bad_request(e.to_string()),
+            )
+            .await
+        }
+    };
+    if parsed.label.key_id != key_id {
+        let err = ApiError::bad_request(format!(
+            "the envelope is for key {:?}, not {key_id:?}",
+            parsed.label.key_id
+        ));
+        return refuse(&s, &actor, &tenant, &key_id, err).await;
+    }
+    // The challenge is used up whatever happens next.
+    let Some(recipient) = s
+        .vault
+        .take_challenge(&tenant, &parsed.binding.nonce, now_secs())
+    else {
+        let err = ApiError::new(
+            StatusCode::CONFLICT,
+            "no open challenge of yours has this nonce: it expired, was used, or is another \
+             tenant's; ask for a new one",
+        );
+        return refuse(&s, &actor, &tenant, &key_id, err).await;
+    };
+    let expected_binding = Binding {
+        appliance: s.name.clone(),
+        appliance_key: s.ak_name.clone(),
+        nonce: parsed.binding.nonce.clone(),
+    };
+    let opened = parsed.open(
+        &recipient,
+        &Expected {
+            purpose: Purpose::Provision,
+            binding: &expected_binding,
+            tenant: &tenant,
+            now: now_secs(),
+        },
+    );
+    let (label, material) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            let err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+            return refuse(&s, &actor, &tenant, &key_id, err).await;
+        }
+    };
+    let version = label.version;
+    let kind = label.kind;
+    let st = Arc::clone(&s);
+    let (t, k) = (tenant.clone(), key_id.clone());
+    let stored = tokio::task::spawn_blocking(move || {
+        st.vault.put(&t, &k, kind, version, material, now_ms())
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("storing failed to run"))?;
+    if let Err(e) = stored {
+        return refuse(&s, &actor, &tenant, &key_id, vault_error(&e)).await;
+    }
+    record(
+        &s,
+        event(
+            Kind::KeyProvisioned,
+            &actor,
+            &tenant,
+            &key_id,
+            Outcome::Success,
+        )
+        .detail("version", version.to_string())
+        .detail("kind", kind.name()),
+    )
+    .await?;
+    Ok(Json(Provisioned { key_id, version }).into_response())
+}
+
+async fn list(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let keys = match &caller.0 {
+        Identity::Tenant(t) => s.vault.list(Some(t)),
+        Identity::Operator(_) => s.vault.list(None),
+    };
+    Ok(Json(serde_json::json!({ "keys": keys })).into_response())
+}
+
+async fn remove(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(key_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller)?;
+    let actor = format!("tenant:{tenant}");
+    let st = Arc::clone(&s);
+    let (t, k) = (tenant.clone(), key_id.clone());
+    let done = tokio::task::spawn_blocking(move || st.vault.delete(&t, &k))
+        .await
+        .map_err(|_| ApiError::unavailable("deleting failed to run"))?;
+    done.map_err(|e| vault_error(&e))?;
+    record(
+        &s,
+        event(Kind::KeyDeleted, &actor, &tenant, &key_id, Outcome::Success),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn retire(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(key_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller)?;
+    let req: RetireRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("expected {{\"version\": N}}: {e}")))?;
+    let st = Arc::clone(&s);
+    let (t, k) = (tenant.clone(), key_id.clone());
+    tokio::task::spawn_blocking(move || st.vault.retire(&t, &k, req.version))
+        .await
+        .map_err(|_| ApiError::unavailable("retiring failed to run"))?
+        .map_err(|e| vault_error(&e))?;
+    record(
+        &s,
+        event(
+            Kind::KeyRetired,
+            &format!("tenant:{tenant}"),
+            &tenant,
+            &key_id,
+            Outcome::Success,
+        )
+        .detail("version", req.version.to_string()),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn rotate(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, key_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let op = operator_of(&caller)?;
+    let st = Arc::clone(&s);
+    let (t, k) = (tenant.clone(), key_id.clone());
+    // The appliance makes the new version; the operator never sees it.
+    let version = tokio::task::spawn_blocking(move || -> Result<u32, VaultError> {
+        let (kind, version) = st.vault.next_version(&t, &k)?;
+        let len = st.vault.with_current(&t, &k, |_, m| m.len()).unwrap_or(32);
+        let material = KeyMaterial::random(len.max(16))
+            .map_err(|_| VaultError::Store("no randomness".into()))?;
+        st.vault.put(&t, &k, kind, version, material, now_ms())?;
+        Ok(version)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("rotating failed to run"))?
+    .map_err(|e| vault_error(&e))?;
+    record(
+        &s,
+        event(
+            Kind::KeyRotated,
+            &format!("operator:{op}"),
+            &tenant,
+            &key_id,
+            Outcome::Success,
+        )
+        .detail("version", version.to_string()),
+    )
+    .await?;
+    Ok(Json(Provisioned { key_id, version }).into_response())
+}
+
+async fn set_disabled(
+    s: AppState,
+    caller: Caller,
+    tenant: String,
+    key_id: String,
+    disabled: bool,
+) -> Result<Response, ApiError> {
+    let op = operator_of(&caller)?;
+    let st = Arc::clone(&s);
+    let (t, k) = (tenant.clone(), key_id.clone());
+    tokio::task::spawn_blocking(move || st.vault.set_disabled(&t, &k, disabled))
+        .await
+        .map_err(|_| ApiError::unavailable("failed to run"))?
+        .map_err(|e| vault_error(&e))?;
+    let kind = if disabled {
+        Kind::KeyDisabled
+    } else {
+        Kind::KeyEnabled
+    };
+    record(
+        &s,
+        event(
+            kind,
+            &format!("operator:{op}"),
+            &tenant,
+            &key_id,
+            Outcome::Success,
+        ),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn disable(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, key_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    set_disabled(s, caller, tenant, key_id, true).await
+}
+
+async fn enable(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, key_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    set_disabled(s, caller, tenant, key_id, false).await
+}
