@@ -43,6 +43,12 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::DELETE, "/v1/keys/{key_id}", delete(remove)),
         (Method::POST, "/v1/keys/{key_id}/retire", post(retire)),
         (
+            Method::PUT,
+            "/v1/keys/{key_id}/release-policy",
+            put(set_release_policy),
+        ),
+        (Method::POST, "/v1/release/{tenant}/{key_id}", post(release)),
+        (
             Method::POST,
             "/v1/admin/keys/{tenant}/{key_id}/rotate",
             post(rotate),
@@ -432,4 +438,252 @@ async fn enable(
     Path((tenant, key_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     set_disabled(s, caller, tenant, key_id, false).await
+}
+
+/// `PUT /v1/keys/{key_id}/release-policy` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasePolicyRequest {
+    /// Reference values (TOML) a workload's evidence must meet.
+    pub reference: String,
+    pub ttl_secs: u64,
+    pub per_minute: u32,
+}
+
+async fn set_release_policy(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(key_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller)?;
+    let req: ReleasePolicyRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("release policy: {e}")))?;
+    warden_attest::reference::ReferenceValues::from_toml(&req.reference)
+        .map_err(|e| ApiError::bad_request(format!("release policy: reference: {e}")))?;
+    if !(1..=crate::vault::MAX_RELEASE_TTL_SECS).contains(&req.ttl_secs) {
+        return Err(ApiError::bad_request(format!(
+            "release policy: ttl_secs is 1..={}",
+            crate::vault::MAX_RELEASE_TTL_SECS
+        )));
+    }
+    if !(1..=crate::vault::MAX_RELEASES_PER_MINUTE).contains(&req.per_minute) {
+        return Err(ApiError::bad_request(format!(
+            "release policy: per_minute is 1..={}",
+            crate::vault::MAX_RELEASES_PER_MINUTE
+        )));
+    }
+    let policy = crate::vault::ReleasePolicy {
+        reference: req.reference,
+        ttl_secs: req.ttl_secs,
+        per_minute: req.per_minute,
+    };
+    let digest = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        policy.reference.as_bytes(),
+    ));
+    let (ttl, rate) = (policy.ttl_secs, policy.per_minute);
+    let st = Arc::clone(&s);
+    let (t, k) = (tenant.clone(), key_id.clone());
+    tokio::task::spawn_blocking(move || st.vault.set_release_policy(&t, &k, Some(policy)))
+        .await
+        .map_err(|_| ApiError::unavailable("failed to run"))?
+        .map_err(|e| vault_error(&e))?;
+    record(
+        &s,
+        event(
+            Kind::KeyReleasePolicy,
+            &format!("tenant:{tenant}"),
+            &tenant,
+            &key_id,
+            Outcome::Success,
+        )
+        .detail("reference_sha256", digest)
+        .detail("ttl_secs", ttl.to_string())
+        .detail("per_minute", rate.to_string()),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/release/{tenant}/{key_id}` body: a workload's evidence bound to (a challenge
+/// nonce from `POST /v1/challenges`, "warden/appraisal/v1", its X25519 key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub nonce: String,
+    /// base64 X25519 public key the key is wrapped to (the evidence's bound key).
+    pub recipient: String,
+    pub evidence: warden_attest::evidence::Evidence,
+}
+
+/// A released key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseResponse {
+    /// The attestation result this release is bound to (the envelope's nonce), hex.
+    pub result_id: String,
+    /// Unix seconds after which the workload must not use the key.
+    pub not_after: u64,
+    pub envelope: Envelope,
+}
+
+async fn release(
+    State(s): State<AppState>,
+    Path((tenant, key_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let actor = "workload".to_owned();
+    let req: ReleaseRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return Err(ApiError::bad_request(format!("release request: {e}"))),
+    };
+    let policy = match s.vault.release_policy(&tenant, &key_id) {
+        Ok(Some(p)) => p,
+        // The same answer for "no such key" and "no policy": nothing to learn by probing.
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such key, or its tenant has not allowed any release",
+            ))
+        }
+    };
+    let refused = |status: StatusCode, why: String| ApiError::new(status, why);
+    let nonce = match B64
+        .decode(req.nonce.as_bytes())
+        .ok()
+        .and_then(|b| Nonce::try_from(b.as_slice()).ok())
+    {
+        Some(n) => n,
+        None => return Err(ApiError::bad_request("nonce: base64 of 16..=64 bytes")),
+    };
+    let recipient = match B64.decode(req.recipient.as_bytes()) {
+        Ok(r) if r.len() == 32 => r,
+        _ => {
+            return Err(ApiError::bad_request(
+                "recipient: base64 of a 32-byte X25519 key",
+            ))
+        }
+    };
+    let fresh = s
+        .challenges
+        .lock()
+        .map_err(|_| ApiError::unavailable("challenge store unavailable"))?
+        .redeem(&nonce, now_secs());
+    let fresh = match fresh {
+        Ok(f) => f,
+        Err(e) => {
+            return refuse(
+                &s,
+                &actor,
+                &tenant,
+                &key_id,
+                refused(StatusCode::CONFLICT, format!("challenge: {e}")),
+            )
+            .await
+        }
+    };
+    let reference = warden_attest::reference::ReferenceValues::from_toml(&policy.reference)
+        .map_err(|e| ApiError::unavailable(format!("the stored release policy is damaged: {e}")))?;
+    let verified = warden_attest::verify::verify(
+        &req.evidence,
+        warden_attest::verify::Expected {
+            nonce: fresh,
+            purpose: purpose::APPRAISAL,
+            bound_key: &recipient,
+            reference: &reference,
+            previous: None,
+        },
+    );
+    let verified = match verified {
+        Ok(v) => v,
+        Err(r) => {
+            return refuse(
+                &s,
+                &actor,
+                &tenant,
+                &key_id,
+                refused(
+                    StatusCode::FORBIDDEN,
+                    format!("the workload does not meet the release policy: {r}"),
+                ),
+            )
+            .await
+        }
+    };
+    let actor = format!("workload:{}", hex::encode(&verified.ak_name));
+    if !s.vault.take_release(&tenant, policy.per_minute, now_secs()) {
+        return refuse(
+            &s,
+            &actor,
+            &tenant,
+            &key_id,
+            refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "tenant {tenant}: more than {} releases this minute",
+                    policy.per_minute
+                ),
+            ),
+        )
+        .await;
+    }
+    let result_id = KeyMaterial::random(16)
+        .map_err(|_| ApiError::unavailable("no randomness"))?
+        .expose()
+        .to_vec();
+    let not_after = now_secs() + policy.ttl_secs;
+    let binding = Binding {
+        appliance: s.name.clone(),
+        appliance_key: s.ak_name.clone(),
+        nonce: result_id.clone(),
+    };
+    // Read before taking the key's lock (no nested locks).
+    let kind = s
+        .vault
+        .list(Some(&tenant))
+        .into_iter()
+        .find(|k| k.key_id == key_id)
+        .map_or(warden_keys::KeyKind::Secret, |k| k.kind);
+    let wrapped = s.vault.with_current(&tenant, &key_id, |version, material| {
+        warden_keys::wrap(
+            Purpose::Release,
+            &recipient,
+            &binding,
+            &warden_keys::Label {
+                tenant: tenant.clone(),
+                key_id: key_id.clone(),
+                kind,
+                version,
+                not_after,
+            },
+            material.expose(),
+        )
+        .map(|e| (version, e))
+    });
+    let (version, envelope) = match wrapped {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return Err(ApiError::unavailable(e.to_string())),
+        Err(e) => return refuse(&s, &actor, &tenant, &key_id, vault_error(&e)).await,
+    };
+    record(
+        &s,
+        event(
+            Kind::KeyReleased,
+            &actor,
+            &tenant,
+            &key_id,
+            Outcome::Success,
+        )
+        .detail("result_id", hex::encode(&result_id))
+        .detail("version", version.to_string())
+        .detail("not_after", not_after.to_string()),
+    )
+    .await?;
+    Ok(Json(ReleaseResponse {
+        result_id: hex::encode(result_id),
+        not_after,
+        envelope,
+    })
+    .into_response())
 }

@@ -96,7 +96,25 @@ struct Meta {
     kind: KeyKind,
     disabled: bool,
     versions: Vec<MetaVersion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    release: Option<ReleasePolicy>,
 }
+
+/// Who may receive a key: workloads whose evidence meets `reference`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasePolicy {
+    /// Reference values (TOML, docs/attestation.md) the workload's evidence must meet.
+    pub reference: String,
+    /// How long a released key may be used (seconds; the envelope's not_after).
+    pub ttl_secs: u64,
+    /// Releases per minute, for the whole tenant.
+    pub per_minute: u32,
+}
+
+/// Bounds for release policies.
+pub const MAX_RELEASE_TTL_SECS: u64 = 86_400;
+pub const MAX_RELEASES_PER_MINUTE: u32 = 600;
 
 struct Entry {
     meta: Meta,
@@ -152,6 +170,8 @@ pub struct Vault {
     sealer: Box<dyn Sealer>,
     keys: RwLock<BTreeMap<(String, String), Entry>>,
     pending: Mutex<HashMap<Vec<u8>, Pending>>,
+    /// Releases per tenant in the current minute: (minute, count).
+    releases: Mutex<HashMap<String, (u64, u32)>>,
 }
 
 fn io(e: impl std::fmt::Display) -> VaultError {
@@ -205,6 +225,7 @@ impl Vault {
                 sealer,
                 keys: RwLock::new(keys),
                 pending: Mutex::new(HashMap::new()),
+                releases: Mutex::new(HashMap::new()),
             },
             failed,
         ))
@@ -277,6 +298,7 @@ impl Vault {
                     kind,
                     disabled: false,
                     versions: Vec::new(),
+                    release: None,
                 }
             }
             Some(e) => {
@@ -423,6 +445,54 @@ impl Vault {
             .ok_or_else(|| VaultError::NotFound(key_id.to_owned()))?;
         let current = e.meta.versions.iter().map(|v| v.version).max().unwrap_or(0);
         Ok((e.meta.kind, current.saturating_add(1)))
+    }
+
+    /// Set (or clear) who may receive a key.
+    pub fn set_release_policy(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        policy: Option<ReleasePolicy>,
+    ) -> Result<(), VaultError> {
+        let mut keys = self.keys.write().map_err(|_| VaultError::Busy)?;
+        let entry = keys
+            .get_mut(&(tenant.to_owned(), key_id.to_owned()))
+            .ok_or_else(|| VaultError::NotFound(key_id.to_owned()))?;
+        let mut meta = entry.meta.clone();
+        meta.release = policy;
+        write_meta(&self.key_dir(tenant, key_id), &meta)?;
+        entry.meta = meta;
+        Ok(())
+    }
+
+    /// The key's release policy, if the tenant set one.
+    pub fn release_policy(
+        &self,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<Option<ReleasePolicy>, VaultError> {
+        let keys = self.keys.read().map_err(|_| VaultError::Busy)?;
+        let e = keys
+            .get(&(tenant.to_owned(), key_id.to_owned()))
+            .ok_or_else(|| VaultError::NotFound(key_id.to_owned()))?;
+        Ok(e.meta.release.clone())
+    }
+
+    /// Count a release against `tenant`'s per-minute budget; false when it is spent.
+    pub fn take_release(&self, tenant: &str, per_minute: u32, now: u64) -> bool {
+        let Ok(mut r) = self.releases.lock() else {
+            return false;
+        };
+        let minute = now / 60;
+        let slot = r.entry(tenant.to_owned()).or_insert((minute, 0));
+        if slot.0 != minute {
+            *slot = (minute, 0);
+        }
+        if slot.1 >= per_minute {
+            return false;
+        }
+        slot.1 += 1;
+        true
     }
 
     /// Keys of `tenant`, or of every tenant (`None`, operators). Never material.
@@ -773,4 +843,3 @@ mod tests {
         assert!(v.challenge("globex", 200).is_ok());
     }
 }
-

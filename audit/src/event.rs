@@ -78,6 +78,12 @@ pub enum Kind {
     /// A sealed key did not unseal in the appliance's state.
     #[serde(rename = "key.unseal-failed")]
     KeyUnsealFailed,
+    /// A tenant set who may receive a key (release policy).
+    #[serde(rename = "key.release-policy")]
+    KeyReleasePolicy,
+    /// A key was released to an attested workload (bound to the result id and a TTL).
+    #[serde(rename = "key.released")]
+    KeyReleased,
 }
 
 impl Kind {
@@ -109,6 +115,8 @@ impl Kind {
             Kind::KeyDisabled => "key.disabled",
             Kind::KeyEnabled => "key.enabled",
             Kind::KeyUnsealFailed => "key.unseal-failed",
+            Kind::KeyReleasePolicy => "key.release-policy",
+            Kind::KeyReleased => "key.released",
         }
     }
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use warden_testkit::Swtpm;
 
+pub mod workload;
+
 /// One appliance: swtpm + wardend.
 pub struct Node {
     pub swtpm: Swtpm,
