@@ -14,66 +14,14 @@ use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use support::workload::Workload;
 use support::{tools_or_skip, Node};
 use warden::wire::{AppraisalRequest, AppraisalResponse, Challenge, Identity};
-use warden_attest::applog::ApplianceEvent;
-use warden_attest::binding::{purpose, Nonce};
-use warden_attest::collect::{collect, Request};
+use warden_attest::binding::Nonce;
 use warden_attest::ear::Status;
-use warden_attest::reference::ReferenceValues;
-use warden_attest::tpm::{AkAlgorithm, Tpm};
 use warden_attest::Evidence;
 
-const AK: u32 = 0x8101_0002;
 const KEY: &[u8] = b"workload ephemeral public key";
-
-struct Peer {
-    _swtpm: warden_testkit::Swtpm,
-    tpm: Tpm,
-    ak_public: Vec<u8>,
-    log: Vec<ApplianceEvent>,
-}
-
-impl Peer {
-    fn start() -> Peer {
-        let swtpm = warden_testkit::Swtpm::start().unwrap();
-        let mut tpm = Tpm::open(&swtpm.tcti()).unwrap();
-        let ak_public = tpm.ensure_ak(AK, AkAlgorithm::EccP256).unwrap();
-        let e = ApplianceEvent::new("workload", "sha256:model-server").unwrap();
-        tpm.pcr_extend_sha256(15, e.computed_digest().unwrap())
-            .unwrap();
-        Peer {
-            _swtpm: swtpm,
-            tpm,
-            ak_public,
-            log: vec![e],
-        }
-    }
-
-    fn evidence(&mut self, nonce: &Nonce, key: &[u8]) -> Evidence {
-        collect(
-            &mut self.tpm,
-            &Request {
-                ak_handle: AK,
-                ak_public: &self.ak_public,
-                ek_certificate: None,
-                nonce,
-                purpose: purpose::APPRAISAL,
-                bound_key: key,
-                pcrs: &[0, 1, 2, 3, 4, 5, 6, 7, 15],
-                appliance_pcr: 15,
-                appliance_log: &self.log,
-                tcg_event_log: None,
-            },
-        )
-        .unwrap()
-    }
-
-    fn reference(&mut self) -> ReferenceValues {
-        let e = self.evidence(&Nonce::random().unwrap(), KEY);
-        ReferenceValues::from_evidence(&e).unwrap()
-    }
-}
 
 async fn challenge(http: &reqwest::Client, url: &str) -> Nonce {
     let c: Challenge = http
@@ -110,7 +58,7 @@ async fn appraisal_signs_a_result_and_challenges_are_single_use() {
     if !tools_or_skip() {
         return;
     }
-    let mut peer = Peer::start();
+    let mut peer = Workload::start();
     let reference = peer.reference().to_toml();
     let node = Node::start_with_reference(
         Path::new(env!("CARGO_BIN_EXE_wardend")),
@@ -190,7 +138,7 @@ async fn appraisal_without_reference_values_is_refused() {
     let node = Node::start(Path::new(env!("CARGO_BIN_EXE_wardend")), "node-a");
     let url = node.url();
     let http = warden::tls::client(&node.ca()).unwrap();
-    let mut peer = Peer::start();
+    let mut peer = Workload::start();
     let nonce = challenge(&http, &url).await;
     let e = peer.evidence(&nonce, KEY);
     let resp = appraise(&http, &url, &nonce, KEY, &e).await;
