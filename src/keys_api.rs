@@ -448,6 +448,10 @@ pub struct ReleasePolicyRequest {
     pub reference: String,
     pub ttl_secs: u64,
     pub per_minute: u32,
+    /// Two-party split: SHA-256 (hex) of the tenant's share; the stored key is then the
+    /// appliance's share, and a release must bring the tenant's share.
+    #[serde(default)]
+    pub tenant_share_sha256: Option<String>,
 }
 
 async fn set_release_policy(
@@ -473,16 +477,28 @@ async fn set_release_policy(
             crate::vault::MAX_RELEASES_PER_MINUTE
         )));
     }
+    if let Some(h) = &req.tenant_share_sha256 {
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_request(
+                "release policy: tenant_share_sha256 is 64 hex digits",
+            ));
+        }
+    }
     let policy = crate::vault::ReleasePolicy {
         reference: req.reference,
         ttl_secs: req.ttl_secs,
         per_minute: req.per_minute,
+        tenant_share_sha256: req.tenant_share_sha256.map(|h| h.to_ascii_lowercase()),
     };
     let digest = hex::encode(ring::digest::digest(
         &ring::digest::SHA256,
         policy.reference.as_bytes(),
     ));
-    let (ttl, rate) = (policy.ttl_secs, policy.per_minute);
+    let (ttl, rate, split) = (
+        policy.ttl_secs,
+        policy.per_minute,
+        policy.tenant_share_sha256.is_some(),
+    );
     let st = Arc::clone(&s);
     let (t, k) = (tenant.clone(), key_id.clone());
     tokio::task::spawn_blocking(move || st.vault.set_release_policy(&t, &k, Some(policy)))
@@ -500,7 +516,8 @@ async fn set_release_policy(
         )
         .detail("reference_sha256", digest)
         .detail("ttl_secs", ttl.to_string())
-        .detail("per_minute", rate.to_string()),
+        .detail("per_minute", rate.to_string())
+        .detail("two_party", split.to_string()),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -515,6 +532,9 @@ pub struct ReleaseRequest {
     /// base64 X25519 public key the key is wrapped to (the evidence's bound key).
     pub recipient: String,
     pub evidence: warden_attest::evidence::Evidence,
+    /// Two-party keys: the tenant's share (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_share: Option<String>,
 }
 
 /// A released key.
@@ -645,7 +665,67 @@ async fn release(
         .into_iter()
         .find(|k| k.key_id == key_id)
         .map_or(warden_keys::KeyKind::Secret, |k| k.kind);
+    // Two-party keys: the tenant's share must be here, and be the committed one.
+    let share = match &policy.tenant_share_sha256 {
+        None => None,
+        Some(want) => {
+            let given = req
+                .tenant_share
+                .as_deref()
+                .and_then(|b| B64.decode(b.as_bytes()).ok())
+                .map(KeyMaterial::new);
+            let Some(given) = given else {
+                return refuse(
+                    &s,
+                    &actor,
+                    &tenant,
+                    &key_id,
+                    refused(
+                        StatusCode::FORBIDDEN,
+                        "this key is split in two: the release needs the tenant's share".into(),
+                    ),
+                )
+                .await;
+            };
+            let got = hex::encode(ring::digest::digest(&ring::digest::SHA256, given.expose()));
+            // A hash of the share, compared with the public commitment: nothing secret here.
+            if got != *want {
+                return refuse(
+                    &s,
+                    &actor,
+                    &tenant,
+                    &key_id,
+                    refused(
+                        StatusCode::FORBIDDEN,
+                        "the tenant's share is not the one the tenant committed to".into(),
+                    ),
+                )
+                .await;
+            }
+            Some(given)
+        }
+    };
     let wrapped = s.vault.with_current(&tenant, &key_id, |version, material| {
+        let combined;
+        let material = match &share {
+            None => material,
+            Some(t) if t.len() == material.len() => {
+                combined = KeyMaterial::new(
+                    material
+                        .expose()
+                        .iter()
+                        .zip(t.expose())
+                        .map(|(a, b)| a ^ b)
+                        .collect(),
+                );
+                &combined
+            }
+            Some(_) => {
+                return Err(warden_keys::EnvelopeError::Wrap(
+                    "the tenant's share and the appliance's share differ in length".into(),
+                ))
+            }
+        };
         warden_keys::wrap(
             Purpose::Release,
             &recipient,

@@ -110,6 +110,11 @@ pub struct ReleasePolicy {
     pub ttl_secs: u64,
     /// Releases per minute, for the whole tenant.
     pub per_minute: u32,
+    /// Two-party split: the stored key is only the appliance's share. A release needs the
+    /// tenant's share too (its SHA-256, hex, is this value); the released key is the XOR of
+    /// both shares. Neither the appliance's storage nor the tenant's share alone is the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_share_sha256: Option<String>,
 }
 
 /// Bounds for release policies.

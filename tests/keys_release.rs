@@ -82,6 +82,7 @@ async fn release(
             nonce: B64.encode(nonce.as_bytes()),
             recipient: B64.encode(recipient),
             evidence,
+            tenant_share: None,
         })
         .send()
         .await
@@ -146,6 +147,7 @@ async fn keys_go_only_to_workloads_that_meet_the_tenants_policy() {
         reference: workload.reference().to_toml(),
         ttl_secs: 60,
         per_minute: 2,
+        tenant_share_sha256: None,
     };
     let tenant_http = warden::tls::client_with_identity(&node.ca(), &acme.0, &acme.1).unwrap();
     let resp = tenant_http
@@ -306,4 +308,140 @@ async fn keys_go_only_to_workloads_that_meet_the_tenants_policy() {
     ] {
         assert!(!all.contains(&needle), "key bytes leaked");
     }
+}
+
+#[tokio::test]
+async fn a_two_party_key_needs_the_tenants_share_at_release() {
+    if !tools_or_skip() {
+        return;
+    }
+    let (node, dir) = start();
+    let url = node.url();
+    let acme = node.client_cert("warden:tenant:acme");
+    let reference = node.dir.path().join("reference.toml");
+    let o = wardctl(&[
+        "reference",
+        "capture",
+        "--url",
+        &url,
+        "--ca",
+        s(&node.ca()),
+        "--out",
+        s(&reference),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The key is A xor T; the appliance gets only A, the tenant keeps T.
+    let appliance_share = [0x5au8; 32];
+    let tenant_share = [0xc3u8; 32];
+    let key: Vec<u8> = appliance_share
+        .iter()
+        .zip(tenant_share)
+        .map(|(a, t)| a ^ t)
+        .collect();
+    let share_file = dir.path().join("a.bin");
+    std::fs::write(&share_file, appliance_share).unwrap();
+    let o = wardctl(&[
+        "keys",
+        "put",
+        "model",
+        "--reference",
+        s(&reference),
+        "--key-file",
+        s(&share_file),
+        "--url",
+        &url,
+        "--ca",
+        s(&node.ca()),
+        "--cert",
+        s(&acme.0),
+        "--key",
+        s(&acme.1),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut workload = Workload::start();
+    let tenant_http = warden::tls::client_with_identity(&node.ca(), &acme.0, &acme.1).unwrap();
+    let resp = tenant_http
+        .put(format!("{url}/v1/keys/model/release-policy"))
+        .json(&ReleasePolicyRequest {
+            reference: workload.reference().to_toml(),
+            ttl_secs: 60,
+            per_minute: 10,
+            tenant_share_sha256: Some(hex::encode(ring::digest::digest(
+                &ring::digest::SHA256,
+                &tenant_share,
+            ))),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let anonymous = warden::tls::client(&node.ca()).unwrap();
+    let recipient = RecipientKey::generate();
+    // Without the tenant's share, or with another one: refused.
+    let (st, body) = attempt(&anonymous, &url, &mut workload, &recipient, None).await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("needs the tenant's share"), "{body}");
+    let (st, body) = attempt(
+        &anonymous,
+        &url,
+        &mut workload,
+        &recipient,
+        Some(vec![0x11; 32]),
+    )
+    .await;
+    assert_eq!(st, 403, "{body}");
+    // With it: the whole key, and only for the workload.
+    let (st, body) = attempt(
+        &anonymous,
+        &url,
+        &mut workload,
+        &recipient,
+        Some(tenant_share.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let r: ReleaseResponse = serde_json::from_str(&body).unwrap();
+    let parsed = r.envelope.check().unwrap();
+    let binding = Binding {
+        appliance: "node-a".into(),
+        appliance_key: parsed.binding.appliance_key.clone(),
+        nonce: hex::decode(&r.result_id).unwrap(),
+    };
+    let (_, k) = parsed
+        .open(
+            &recipient,
+            &Expected {
+                purpose: Purpose::Release,
+                binding: &binding,
+                tenant: "acme",
+                now: r.not_after - 1,
+            },
+        )
+        .unwrap();
+    assert_eq!(k.expose(), key.as_slice());
+}
+
+/// One release attempt of acme's "model" with fresh evidence, and optionally the tenant's share.
+async fn attempt(
+    http: &reqwest::Client,
+    url: &str,
+    workload: &mut Workload,
+    recipient: &RecipientKey,
+    share: Option<Vec<u8>>,
+) -> (u16, String) {
+    let n = nonce(http, url).await;
+    let pk = recipient.public();
+    let evidence = workload.evidence(&n, &pk);
+    let resp = http
+        .post(format!("{url}/v1/release/acme/model"))
+        .json(&ReleaseRequest {
+            nonce: B64.encode(n.as_bytes()),
+            recipient: B64.encode(pk),
+            evidence,
+            tenant_share: share.map(|b| B64.encode(b)),
+        })
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
 }
