@@ -535,6 +535,9 @@ pub struct ReleaseRequest {
     /// Two-party keys: the tenant's share (base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_share: Option<String>,
+    /// A previous, not yet retired version (to decrypt what it protected); default: current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 /// A released key.
@@ -705,42 +708,44 @@ async fn release(
             Some(given)
         }
     };
-    let wrapped = s.vault.with_current(&tenant, &key_id, |version, material| {
-        let combined;
-        let material = match &share {
-            None => material,
-            Some(t) if t.len() == material.len() => {
-                combined = KeyMaterial::new(
-                    material
-                        .expose()
-                        .iter()
-                        .zip(t.expose())
-                        .map(|(a, b)| a ^ b)
-                        .collect(),
-                );
-                &combined
-            }
-            Some(_) => {
-                return Err(warden_keys::EnvelopeError::Wrap(
-                    "the tenant's share and the appliance's share differ in length".into(),
-                ))
-            }
-        };
-        warden_keys::wrap(
-            Purpose::Release,
-            &recipient,
-            &binding,
-            &warden_keys::Label {
-                tenant: tenant.clone(),
-                key_id: key_id.clone(),
-                kind,
-                version,
-                not_after,
-            },
-            material.expose(),
-        )
-        .map(|e| (version, e))
-    });
+    let wrapped = s
+        .vault
+        .with_version(&tenant, &key_id, req.version, |version, material| {
+            let combined;
+            let material = match &share {
+                None => material,
+                Some(t) if t.len() == material.len() => {
+                    combined = KeyMaterial::new(
+                        material
+                            .expose()
+                            .iter()
+                            .zip(t.expose())
+                            .map(|(a, b)| a ^ b)
+                            .collect(),
+                    );
+                    &combined
+                }
+                Some(_) => {
+                    return Err(warden_keys::EnvelopeError::Wrap(
+                        "the tenant's share and the appliance's share differ in length".into(),
+                    ))
+                }
+            };
+            warden_keys::wrap(
+                Purpose::Release,
+                &recipient,
+                &binding,
+                &warden_keys::Label {
+                    tenant: tenant.clone(),
+                    key_id: key_id.clone(),
+                    kind,
+                    version,
+                    not_after,
+                },
+                material.expose(),
+            )
+            .map(|e| (version, e))
+        });
     let (version, envelope) = match wrapped {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return Err(ApiError::unavailable(e.to_string())),

@@ -534,6 +534,18 @@ impl Vault {
         key_id: &str,
         f: impl FnOnce(u32, &KeyMaterial) -> R,
     ) -> Result<R, VaultError> {
+        self.with_version(tenant, key_id, None, f)
+    }
+
+    /// Run `f` on a live version's material: `version`, or the current one. A previous
+    /// version stays usable (to decrypt what it protected) until it is retired.
+    pub fn with_version<R>(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        version: Option<u32>,
+        f: impl FnOnce(u32, &KeyMaterial) -> R,
+    ) -> Result<R, VaultError> {
         let keys = self.keys.read().map_err(|_| VaultError::Busy)?;
         let e = keys
             .get(&(tenant.to_owned(), key_id.to_owned()))
@@ -545,8 +557,11 @@ impl Vault {
             .meta
             .versions
             .iter()
-            .find(|v| v.state == VersionState::Current)
-            .ok_or_else(|| VaultError::NotFound(key_id.to_owned()))?;
+            .find(|v| match version {
+                None => v.state == VersionState::Current,
+                Some(n) => v.version == n && v.state != VersionState::Retired,
+            })
+            .ok_or_else(|| VaultError::NotFound(format!("{key_id} version {version:?}")))?;
         match e.material.get(&v.version) {
             Some(Some(k)) => Ok(f(v.version, k)),
             _ => Err(VaultError::Seal(
@@ -743,8 +758,16 @@ mod tests {
             v.retire("acme", "ew", 2),
             Err(VaultError::Retire { .. })
         ));
+        // The previous version stays usable until it is retired.
+        let old = v.with_version("acme", "ew", Some(1), |n, m| (n, m.expose().to_vec()));
+        assert_eq!(old.unwrap(), (1, vec![1; 32]));
         v.retire("acme", "ew", 1).unwrap();
         assert!(!dir.path().join("keys/acme/ew/v1.sealed").exists());
+        assert!(matches!(
+            v.with_version("acme", "ew", Some(1), |_, _| ()),
+            Err(VaultError::NotFound(_))
+        ));
+        assert!(v.with_version("acme", "ew", Some(9), |_, _| ()).is_err());
         assert!(matches!(
             v.retire("acme", "ew", 1),
             Err(VaultError::Retire { .. })

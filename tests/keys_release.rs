@@ -83,6 +83,7 @@ async fn release(
             recipient: B64.encode(recipient),
             evidence,
             tenant_share: None,
+            version: None,
         })
         .send()
         .await
@@ -256,6 +257,17 @@ async fn keys_go_only_to_workloads_that_meet_the_tenants_policy() {
     let ev = workload.evidence(&n, &recipient.public());
     let (st, body) = release(&anonymous, &url, &n, &recipient.public(), ev).await;
     assert_eq!(st, 429, "{body}");
+
+    // Another tenant cannot set a policy on acme's key (its own namespace has no such key).
+    let globex = node.client_cert("warden:tenant:globex");
+    let globex_http = warden::tls::client_with_identity(&node.ca(), &globex.0, &globex.1).unwrap();
+    let resp = globex_http
+        .put(format!("{url}/v1/keys/model/release-policy"))
+        .json(&policy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
 
     // A workload whose state changed no longer meets the policy.
     let changed =
@@ -439,6 +451,7 @@ async fn attempt(
             recipient: B64.encode(pk),
             evidence,
             tenant_share: share.map(|b| B64.encode(b)),
+            version: None,
         })
         .send()
         .await
