@@ -307,6 +307,20 @@ async fn tenants_provision_keys_that_only_signed_states_unseal() {
     let o = keys(node, &globex, &["retire", "model", "--version", "1"]);
     assert!(!o.status.success(), "{}", text(&o));
 
+    // Tenants cannot use the operators' routes, even on their own keys.
+    for args in [
+        ["rotate", "model", "--tenant", "acme"].as_slice(),
+        ["disable", "model", "--tenant", "acme"].as_slice(),
+        ["disable", "model", "--tenant", "acme", "--enable"].as_slice(),
+    ] {
+        let o = keys(node, &acme, args);
+        assert!(
+            !o.status.success() && out(&o).contains("403"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+
     // Rotation by the tenant; the old version stays until retired.
     let o = keys(
         node,
