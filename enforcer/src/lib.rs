@@ -4,4 +4,5 @@
 //! table, `inet warden`, replacing the previous one atomically, and reads its counters.
 #![deny(unsafe_code)]
 
+pub mod esp;
 pub mod nft;
