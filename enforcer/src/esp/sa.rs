@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use zeroize::Zeroizing;
 
+use super::engine::{Aead, Engine};
 use super::replay::{ReplayError, ReplayWindow};
 
 pub const HEADER_LEN: usize = 16;
@@ -78,18 +78,6 @@ pub struct SaKeys {
     pub salt: [u8; 4],
 }
 
-fn aead(k: &SaKeys) -> LessSafeKey {
-    // A 32-byte key always makes an AES-256 key.
-    LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, k.key.as_slice()).unwrap_or_else(|_| unreachable_key()),
-    )
-}
-
-#[allow(clippy::panic)] // 32 bytes is AES-256's key length: this cannot happen
-fn unreachable_key() -> UnboundKey {
-    panic!("AES-256-GCM accepts every 32-byte key")
-}
-
 /// `first` (4 bytes) ‖ `seq` (8 bytes, big-endian).
 fn four_eight(first: [u8; 4], seq: u64) -> [u8; 12] {
     let mut out = [0u8; 12];
@@ -102,8 +90,8 @@ fn four_eight(first: [u8; 4], seq: u64) -> [u8; 12] {
     out
 }
 
-fn nonce(salt: &[u8; 4], seq: u64) -> Nonce {
-    Nonce::assume_unique_for_key(four_eight(*salt, seq))
+fn nonce(salt: &[u8; 4], seq: u64) -> [u8; 12] {
+    four_eight(*salt, seq)
 }
 
 fn aad(spi: u32, seq: u64) -> [u8; 12] {
@@ -114,7 +102,7 @@ fn aad(spi: u32, seq: u64) -> [u8; 12] {
 pub struct Outbound {
     spi: u32,
     salt: [u8; 4],
-    key: LessSafeKey,
+    key: Box<dyn Aead>,
     seq: u64,
     packets: u64,
     bytes: u64,
@@ -124,10 +112,14 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn new(spi: u32, keys: &SaKeys, limits: Limits) -> Outbound {
+        Self::with_engine(Engine::default(), spi, keys, limits)
+    }
+
+    pub fn with_engine(engine: Engine, spi: u32, keys: &SaKeys, limits: Limits) -> Outbound {
         Outbound {
             spi,
             salt: keys.salt,
-            key: aead(keys),
+            key: engine.key(&keys.key),
             seq: 0,
             packets: 0,
             bytes: 0,
@@ -205,9 +197,9 @@ impl Outbound {
         }
         let tag = self
             .key
-            .seal_in_place_separate_tag(nonce(&self.salt, seq), Aad::from(aad(self.spi, seq)), body)
+            .seal(nonce(&self.salt, seq), &aad(self.spi, seq), body)
             .map_err(|_| EspError::Buffer)?;
-        icv.copy_from_slice(tag.as_ref());
+        icv.copy_from_slice(&tag);
         self.seq = seq;
         self.packets += 1;
         self.bytes += inner.len() as u64;
@@ -219,7 +211,7 @@ impl Outbound {
 pub struct Inbound {
     spi: u32,
     salt: [u8; 4],
-    key: LessSafeKey,
+    key: Box<dyn Aead>,
     window: ReplayWindow,
 }
 
@@ -234,10 +226,14 @@ pub struct Opened {
 
 impl Inbound {
     pub fn new(spi: u32, keys: &SaKeys) -> Inbound {
+        Self::with_engine(Engine::default(), spi, keys)
+    }
+
+    pub fn with_engine(engine: Engine, spi: u32, keys: &SaKeys) -> Inbound {
         Inbound {
             spi,
             salt: keys.salt,
-            key: aead(keys),
+            key: engine.key(&keys.key),
             window: ReplayWindow::default(),
         }
     }
@@ -269,10 +265,11 @@ impl Inbound {
         }
         let seq = iv;
         let (_, rest) = packet.split_at_mut(HEADER_LEN);
-        let plain = self
+        let n = self
             .key
-            .open_in_place(nonce(&self.salt, seq), Aad::from(aad(spi, seq)), rest)
+            .open(nonce(&self.salt, seq), &aad(spi, seq), rest)
             .map_err(|_| EspError::Auth)?;
+        let plain = rest.get(..n).ok_or(EspError::Malformed)?;
         self.window.accept(seq)?;
         let n = plain.len();
         let next = *plain.get(n.wrapping_sub(1)).ok_or(EspError::Malformed)?;
@@ -335,6 +332,19 @@ mod tests {
             let got = i.open(&mut p).unwrap();
             assert_eq!(&p[got.start..got.start + got.len], inner.as_slice());
             assert_eq!(got.next, NEXT_IPV4);
+        }
+    }
+
+    #[test]
+    fn every_engine_speaks_the_same_esp() {
+        for a in Engine::ALL {
+            for b in Engine::ALL {
+                let mut o = Outbound::with_engine(a, 9, &keys(3), Limits::default());
+                let mut i = Inbound::with_engine(b, 9, &keys(3));
+                let mut p = seal(&mut o, b"interop");
+                let got = i.open(&mut p).unwrap();
+                assert_eq!(&p[got.start..got.start + got.len], b"interop", "{a} -> {b}");
+            }
         }
     }
 
