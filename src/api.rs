@@ -219,6 +219,46 @@ async fn audited(s: &AppState, event: Event) -> Result<u64, ApiError> {
         .map_err(|e| ApiError::unavailable(format!("{e}; the request is refused")))
 }
 
+/// Evidence from the TPM thread: a quote over `pcrs` (the appliance PCR is added) bound to
+/// (`nonce`, `purpose`, `bound_key`), with the appliance and platform event logs.
+pub async fn collect_evidence(
+    s: &AppState,
+    nonce: Nonce,
+    purpose: &'static str,
+    bound_key: Vec<u8>,
+    mut pcrs: Vec<u8>,
+) -> Result<warden_attest::Evidence, ApiError> {
+    pcrs.push(s.appliance_pcr);
+    pcrs.sort_unstable();
+    pcrs.dedup();
+    let st = Arc::clone(s);
+    s.tpm
+        .run(move |a| {
+            let log = a.log().to_vec();
+            collect::collect(
+                &mut a.tpm,
+                &CollectRequest {
+                    ak_handle: a.ak_handle,
+                    ak_public: &a.ak_public,
+                    ek_certificate: a.ek_certificate.as_deref(),
+                    nonce: &nonce,
+                    purpose,
+                    bound_key: &bound_key,
+                    pcrs: &pcrs,
+                    appliance_pcr: a.appliance_pcr,
+                    appliance_log: &log,
+                    tcg_event_log: st.tcg_event_log.as_deref(),
+                },
+            )
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "quote failed");
+            ApiError::unavailable(format!("the TPM could not produce evidence: {e}"))
+        })
+}
+
 /// `POST /v1/attestation`: nonce in, evidence bound to (nonce, tenant-API purpose, TLS key) out.
 async fn attestation(
     State(s): State<AppState>,
@@ -229,7 +269,7 @@ async fn attestation(
     let caller = actor(peer.as_ref(), who.as_ref());
     let req: AttestationRequest = parse_json(&body)?;
     let nonce = parse_nonce(&req.nonce)?;
-    let mut pcrs = match req.pcrs {
+    let pcrs = match req.pcrs {
         Some(p) => {
             if p.len() > 24 || p.iter().any(|i| *i >= 24) {
                 return Err(ApiError::bad_request(
@@ -240,40 +280,9 @@ async fn attestation(
         }
         None => s.default_pcrs.clone(),
     };
-    pcrs.push(s.appliance_pcr);
-    pcrs.sort_unstable();
-    pcrs.dedup();
 
     let nonce_hex = hex::encode(nonce.as_bytes());
-    let st = Arc::clone(&s);
-    let evidence = s
-        .tpm
-        .run(move |a| {
-            let log = a.log().to_vec();
-            collect::collect(
-                &mut a.tpm,
-                &CollectRequest {
-                    ak_handle: a.ak_handle,
-                    ak_public: &a.ak_public,
-                    ek_certificate: a.ek_certificate.as_deref(),
-                    nonce: &nonce,
-                    purpose: purpose::TENANT_API,
-                    bound_key: &st.tls_spki,
-                    pcrs: &pcrs,
-                    appliance_pcr: a.appliance_pcr,
-                    appliance_log: &log,
-                    tcg_event_log: st.tcg_event_log.as_deref(),
-                },
-            )
-        })
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))
-        .and_then(|r| {
-            r.map_err(|e| {
-                tracing::error!(error = %e, "quote failed");
-                ApiError::unavailable(format!("the TPM could not produce evidence: {e}"))
-            })
-        });
+    let evidence = collect_evidence(&s, nonce, purpose::TENANT_API, s.tls_spki.clone(), pcrs).await;
     let evidence = match evidence {
         Ok(e) => e,
         Err(err) => {

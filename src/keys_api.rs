@@ -23,7 +23,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use warden_attest::binding::{purpose, Nonce};
-use warden_attest::collect::{self, Request as CollectRequest};
 use warden_audit::event::{Event, Kind, Outcome};
 use warden_keys::{Binding, Envelope, Expected, KeyMaterial, Purpose};
 
@@ -130,6 +129,17 @@ fn vault_error(e: &VaultError) -> ApiError {
     ApiError::new(status, e.to_string())
 }
 
+/// Run a vault operation off the async workers: it fsyncs and may wait for the TPM.
+async fn in_vault<R: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&crate::vault::Vault) -> Result<R, VaultError> + Send + 'static,
+) -> Result<Result<R, VaultError>, ApiError> {
+    let st = Arc::clone(s);
+    tokio::task::spawn_blocking(move || f(&st.vault))
+        .await
+        .map_err(|_| ApiError::unavailable("the key operation failed to run"))
+}
+
 async fn record(s: &AppState, e: Event) -> Result<(), ApiError> {
     s.audit
         .record_async(e)
@@ -167,32 +177,14 @@ async fn challenge(State(s): State<AppState>, caller: Caller) -> Result<Response
         .map_err(|e| vault_error(&e))?;
     let nonce =
         Nonce::try_from(c.nonce.as_slice()).map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let recipient = c.recipient;
-    let st = Arc::clone(&s);
-    let pcrs = s.default_pcrs.clone();
-    let evidence = s
-        .tpm
-        .run(move |a| {
-            let log = a.log().to_vec();
-            collect::collect(
-                &mut a.tpm,
-                &CollectRequest {
-                    ak_handle: a.ak_handle,
-                    ak_public: &a.ak_public,
-                    ek_certificate: a.ek_certificate.as_deref(),
-                    nonce: &nonce,
-                    purpose: purpose::KEY_PROVISION,
-                    bound_key: &recipient,
-                    pcrs: &pcrs,
-                    appliance_pcr: a.appliance_pcr,
-                    appliance_log: &log,
-                    tcg_event_log: st.tcg_event_log.as_deref(),
-                },
-            )
-        })
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
-        .map_err(|e| ApiError::unavailable(format!("the TPM could not produce evidence: {e}")))?;
+    let evidence = crate::api::collect_evidence(
+        &s,
+        nonce,
+        purpose::KEY_PROVISION,
+        c.recipient.to_vec(),
+        s.default_pcrs.clone(),
+    )
+    .await?;
     Ok(Json(ChallengeResponse {
         nonce: B64.encode(&c.nonce),
         recipient: B64.encode(c.recipient),
@@ -271,13 +263,11 @@ async fn provision(
     };
     let version = label.version;
     let kind = label.kind;
-    let st = Arc::clone(&s);
     let (t, k) = (tenant.clone(), key_id.clone());
-    let stored = tokio::task::spawn_blocking(move || {
-        st.vault.put(&t, &k, kind, version, material, now_ms())
+    let stored = in_vault(&s, move |v| {
+        v.put(&t, &k, kind, version, material, now_ms())
     })
-    .await
-    .map_err(|_| ApiError::unavailable("storing failed to run"))?;
+    .await?;
     if let Err(e) = stored {
         return refuse(&s, &actor, &tenant, &key_id, vault_error(&e)).await;
     }
@@ -312,12 +302,10 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller)?;
     let actor = format!("tenant:{tenant}");
-    let st = Arc::clone(&s);
     let (t, k) = (tenant.clone(), key_id.clone());
-    let done = tokio::task::spawn_blocking(move || st.vault.delete(&t, &k))
-        .await
-        .map_err(|_| ApiError::unavailable("deleting failed to run"))?;
-    done.map_err(|e| vault_error(&e))?;
+    in_vault(&s, move |v| v.delete(&t, &k))
+        .await?
+        .map_err(|e| vault_error(&e))?;
     record(
         &s,
         event(Kind::KeyDeleted, &actor, &tenant, &key_id, Outcome::Success),
@@ -335,11 +323,9 @@ async fn retire(
     let tenant = tenant_of(&caller)?;
     let req: RetireRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("expected {{\"version\": N}}: {e}")))?;
-    let st = Arc::clone(&s);
     let (t, k) = (tenant.clone(), key_id.clone());
-    tokio::task::spawn_blocking(move || st.vault.retire(&t, &k, req.version))
-        .await
-        .map_err(|_| ApiError::unavailable("retiring failed to run"))?
+    in_vault(&s, move |v| v.retire(&t, &k, req.version))
+        .await?
         .map_err(|e| vault_error(&e))?;
     record(
         &s,
@@ -362,19 +348,17 @@ async fn rotate(
     Path((tenant, key_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let op = operator_of(&caller)?;
-    let st = Arc::clone(&s);
     let (t, k) = (tenant.clone(), key_id.clone());
     // The appliance makes the new version; the operator never sees it.
-    let version = tokio::task::spawn_blocking(move || -> Result<u32, VaultError> {
-        let (kind, version) = st.vault.next_version(&t, &k)?;
-        let len = st.vault.with_current(&t, &k, |_, m| m.len()).unwrap_or(32);
+    let version = in_vault(&s, move |v| {
+        let (kind, version) = v.next_version(&t, &k)?;
+        let len = v.with_current(&t, &k, |_, m| m.len()).unwrap_or(32);
         let material = KeyMaterial::random(len.max(16))
             .map_err(|_| VaultError::Store("no randomness".into()))?;
-        st.vault.put(&t, &k, kind, version, material, now_ms())?;
+        v.put(&t, &k, kind, version, material, now_ms())?;
         Ok(version)
     })
-    .await
-    .map_err(|_| ApiError::unavailable("rotating failed to run"))?
+    .await?
     .map_err(|e| vault_error(&e))?;
     record(
         &s,
@@ -399,11 +383,9 @@ async fn set_disabled(
     disabled: bool,
 ) -> Result<Response, ApiError> {
     let op = operator_of(&caller)?;
-    let st = Arc::clone(&s);
     let (t, k) = (tenant.clone(), key_id.clone());
-    tokio::task::spawn_blocking(move || st.vault.set_disabled(&t, &k, disabled))
-        .await
-        .map_err(|_| ApiError::unavailable("failed to run"))?
+    in_vault(&s, move |v| v.set_disabled(&t, &k, disabled))
+        .await?
         .map_err(|e| vault_error(&e))?;
     let kind = if disabled {
         Kind::KeyDisabled
@@ -499,11 +481,9 @@ async fn set_release_policy(
         policy.per_minute,
         policy.tenant_share_sha256.is_some(),
     );
-    let st = Arc::clone(&s);
     let (t, k) = (tenant.clone(), key_id.clone());
-    tokio::task::spawn_blocking(move || st.vault.set_release_policy(&t, &k, Some(policy)))
-        .await
-        .map_err(|_| ApiError::unavailable("failed to run"))?
+    in_vault(&s, move |v| v.set_release_policy(&t, &k, Some(policy)))
+        .await?
         .map_err(|e| vault_error(&e))?;
     record(
         &s,
