@@ -100,43 +100,46 @@ fn tag16(t: &[u8]) -> Result<[u8; 16], AeadError> {
     t.try_into().map_err(|_| AeadError)
 }
 
-impl Aead for AwsLc {
-    fn seal(&self, nonce: [u8; 12], aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16], AeadError> {
-        use aws_lc_rs::aead::{Aad, Nonce};
-        let tag = self
-            .0
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf)
-            .map_err(|_| AeadError)?;
-        tag16(tag.as_ref())
-    }
+/// aws-lc-rs mirrors ring's AEAD API: one implementation for both.
+macro_rules! ring_like {
+    ($engine:ident, $lib:ident) => {
+        impl Aead for $engine {
+            fn seal(
+                &self,
+                nonce: [u8; 12],
+                aad: &[u8],
+                buf: &mut [u8],
+            ) -> Result<[u8; 16], AeadError> {
+                use $lib::aead::{Aad, Nonce};
+                let tag = self
+                    .0
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(aad),
+                        buf,
+                    )
+                    .map_err(|_| AeadError)?;
+                tag16(tag.as_ref())
+            }
 
-    fn open(&self, nonce: [u8; 12], aad: &[u8], ct_tag: &mut [u8]) -> Result<usize, AeadError> {
-        use aws_lc_rs::aead::{Aad, Nonce};
-        self.0
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), ct_tag)
-            .map(|p| p.len())
-            .map_err(|_| AeadError)
-    }
+            fn open(
+                &self,
+                nonce: [u8; 12],
+                aad: &[u8],
+                ct_tag: &mut [u8],
+            ) -> Result<usize, AeadError> {
+                use $lib::aead::{Aad, Nonce};
+                self.0
+                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), ct_tag)
+                    .map(|p| p.len())
+                    .map_err(|_| AeadError)
+            }
+        }
+    };
 }
 
-impl Aead for Ring {
-    fn seal(&self, nonce: [u8; 12], aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16], AeadError> {
-        use ring::aead::{Aad, Nonce};
-        let tag = self
-            .0
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf)
-            .map_err(|_| AeadError)?;
-        tag16(tag.as_ref())
-    }
-
-    fn open(&self, nonce: [u8; 12], aad: &[u8], ct_tag: &mut [u8]) -> Result<usize, AeadError> {
-        use ring::aead::{Aad, Nonce};
-        self.0
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), ct_tag)
-            .map(|p| p.len())
-            .map_err(|_| AeadError)
-    }
-}
+ring_like!(AwsLc, aws_lc_rs);
+ring_like!(Ring, ring);
 
 impl Aead for RustCrypto {
     fn seal(&self, nonce: [u8; 12], aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16], AeadError> {
