@@ -14,7 +14,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use cli::{text, wardctl};
+use cli::{capture_reference, text, wardctl};
 use support::{tools_or_skip, Node};
 use warden::audit_api::EntriesResponse;
 use warden_attest::binding::Nonce;
@@ -31,17 +31,7 @@ fn s(p: &Path) -> &str {
 fn capture(node: &Node) -> PathBuf {
     let out = node.dir.path().join("reference.toml");
     let url = node.url();
-    let o = wardctl(&[
-        "reference",
-        "capture",
-        "--url",
-        &url,
-        "--ca",
-        s(&node.ca()),
-        "--out",
-        s(&out),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    capture_reference(&url, &node.ca(), &out);
     out
 }
 

@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use cli::{text, wardctl};
+use cli::{capture_reference, text, wardctl};
 use support::{tools_or_skip, Node};
 use warden::keys_api::ChallengeResponse;
 use warden_attest::sealed::PolicyAuthority;
@@ -75,17 +75,7 @@ fn start(name: &str) -> Setup {
     );
     let node = Node::start_with_config(wardend(), name, None, &extra);
     let reference = node.dir.path().join("reference.toml");
-    let o = wardctl(&[
-        "reference",
-        "capture",
-        "--url",
-        &node.url(),
-        "--ca",
-        s(&node.ca()),
-        "--out",
-        s(&reference),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    capture_reference(&node.url(), &node.ca(), &reference);
     Setup {
         node,
         authority,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use cli::{text, wardctl};
+use cli::{capture_reference, text, wardctl};
 use support::workload::Workload;
 use support::{tools_or_skip, Node};
 use warden::keys_api::{ReleasePolicyRequest, ReleaseRequest, ReleaseResponse};
@@ -101,17 +101,7 @@ async fn keys_go_only_to_workloads_that_meet_the_tenants_policy() {
     let acme: (PathBuf, PathBuf) = node.client_cert("warden:tenant:acme");
     // The tenant provisions the key after verifying the appliance.
     let reference = node.dir.path().join("reference.toml");
-    let o = wardctl(&[
-        "reference",
-        "capture",
-        "--url",
-        &url,
-        "--ca",
-        s(&node.ca()),
-        "--out",
-        s(&reference),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    capture_reference(&url, &node.ca(), &reference);
     let key_file = dir.path().join("k.bin");
     std::fs::write(&key_file, KEY).unwrap();
     let o = wardctl(&[
@@ -331,17 +321,7 @@ async fn a_two_party_key_needs_the_tenants_share_at_release() {
     let url = node.url();
     let acme = node.client_cert("warden:tenant:acme");
     let reference = node.dir.path().join("reference.toml");
-    let o = wardctl(&[
-        "reference",
-        "capture",
-        "--url",
-        &url,
-        "--ca",
-        s(&node.ca()),
-        "--out",
-        s(&reference),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    capture_reference(&url, &node.ca(), &reference);
     // The key is A xor T; the appliance gets only A, the tenant keeps T.
     let appliance_share = [0x5au8; 32];
     let tenant_share = [0xc3u8; 32];

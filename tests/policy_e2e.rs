@@ -15,7 +15,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use cli::{text, wardctl};
+use cli::{capture_reference, text, wardctl};
 use support::{tools_or_skip, Node};
 use warden_attest::binding::Nonce;
 
@@ -256,17 +256,7 @@ async fn operators_validate_diff_apply_and_show_policies() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let captured = node.dir.path().join("captured.toml");
     let url = node.url();
-    let o = wardctl(&[
-        "reference",
-        "capture",
-        "--url",
-        &url,
-        "--ca",
-        s(&node.ca()),
-        "--out",
-        s(&captured),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    capture_reference(&url, &node.ca(), &captured);
     let reference: toml::Table =
         toml::from_str(&std::fs::read_to_string(&captured).unwrap()).unwrap();
     doc["node"].as_array_mut().unwrap()[0]

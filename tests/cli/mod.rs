@@ -20,3 +20,21 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// `wardctl reference capture` of the appliance at `url` into `out`; panics if it fails.
+#[allow(clippy::panic)]
+pub fn capture_reference(url: &str, ca: &std::path::Path, out: &std::path::Path) {
+    let o = wardctl(&[
+        "reference",
+        "capture",
+        "--url",
+        url,
+        "--ca",
+        ca.to_str().expect("a UTF-8 path"),
+        "--out",
+        out.to_str().expect("a UTF-8 path"),
+    ]);
+    if !o.status.success() {
+        panic!("capturing reference values failed: {}", text(&o));
+    }
+}
