@@ -139,6 +139,11 @@ impl Outbound {
         self.age = age;
     }
 
+    /// Packets and inner bytes sealed so far.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.packets, self.bytes)
+    }
+
     /// A rekey should start (any soft limit reached).
     pub fn wants_rekey(&self) -> bool {
         self.packets >= self.limits.soft_packets
