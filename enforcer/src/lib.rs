@@ -6,3 +6,4 @@
 
 pub mod esp;
 pub mod nft;
+pub mod tunnel;
