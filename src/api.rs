@@ -59,6 +59,8 @@ pub struct ApiState {
     /// The syslog exporter's status, when `[audit.syslog]` is configured.
     pub export: Option<tokio::sync::watch::Receiver<crate::export::ExportStatus>>,
     pub name: String,
+    /// The east-west data plane, when `[dataplane]` is configured.
+    pub dataplane: Option<std::sync::Arc<crate::dataplane::Dataplane>>,
 }
 
 type AppState = Arc<ApiState>;
@@ -147,6 +149,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     .chain(crate::audit_api::routes())
     .chain(crate::policy_api::routes())
     .chain(crate::keys_api::routes())
+    .chain(crate::metrics::routes())
     .collect()
 }
 

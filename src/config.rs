@@ -58,7 +58,36 @@ pub struct Config {
     pub audit: AuditConfig,
     pub policy: PolicyConfig,
     pub keys: KeysConfig,
+    /// A production appliance refuses debugging aids that weaken security (the SA key log).
+    pub production: bool,
+    /// `[dataplane]`: the east-west ESP data plane; `None` when the section is absent.
+    pub dataplane: Option<DataplaneConfig>,
 }
+
+/// `[dataplane]`: the TUN device, crypto engine, workers and rekey limits (docs/dataplane.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// The TUN device that carries the host's tenant traffic.
+    pub tun: String,
+    /// MTU of the TUN device (inner packets).
+    pub mtu: u16,
+    pub engine: warden_enforcer::esp::Engine,
+    /// Worker threads; each owns a TUN queue and a wire socket.
+    pub workers: u16,
+    /// TUN segmentation offloads and UDP GSO/GRO.
+    pub offloads: bool,
+    /// Rekey after this many packets, bytes or seconds per SA (soft limits; the SA stops at
+    /// twice each).
+    pub rekey_after_packets: u64,
+    pub rekey_after_bytes: u64,
+    pub rekey_after_secs: u64,
+    /// Debugging only: write every SA's keys here in Wireshark's `esp_sa` format.
+    pub insecure_sa_key_log: Option<PathBuf>,
+}
+
+/// `[dataplane] mtu` when absent: a 1500-byte wire minus outer IPv4, UDP and ESP overhead
+/// (20 + 8 + 16 + 16 + up to 5 bytes of trailer), rounded down like WireGuard's 1420.
+pub const DEFAULT_TUN_MTU: u16 = 1420;
 
 /// `[keys]`: how the tenant key vault seals keys (docs/keys.md).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -303,6 +332,32 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     keys: RawKeys,
+    #[serde(default)]
+    production: bool,
+    #[serde(default)]
+    dataplane: Option<RawDataplane>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    tun: Spanned<String>,
+    #[serde(default)]
+    mtu: Option<Spanned<u16>>,
+    #[serde(default)]
+    engine: Option<Spanned<String>>,
+    #[serde(default)]
+    workers: Option<Spanned<u16>>,
+    #[serde(default)]
+    offloads: Option<bool>,
+    #[serde(default)]
+    rekey_after_packets: Option<Spanned<u64>>,
+    #[serde(default)]
+    rekey_after_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    rekey_after_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    insecure_sa_key_log: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -434,9 +489,15 @@ impl Validator<'_> {
                 "authority and pcr_policy go together: give both or neither".to_owned(),
             ));
         }
+        let dataplane = raw
+            .dataplane
+            .map(|d| self.dataplane(d, raw.production))
+            .transpose()?;
         Ok(Config {
             policy,
             keys,
+            production: raw.production,
+            dataplane,
             audit: AuditConfig {
                 syslog: raw
                     .audit
@@ -649,32 +710,138 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
-    fn policy(&self, raw: RawPolicy) -> Result<PolicyConfig, ConfigError> {
-        let wire_interface = match raw.wire_interface {
-            None => None,
-            Some(w) => {
-                let span = w.span();
-                let w = w.into_inner();
-                // IFNAMSIZ is 16 with the NUL; '/' and whitespace are not allowed by the kernel.
-                if w.is_empty()
-                    || w.len() > 15
-                    || w == "."
-                    || w == ".."
-                    || w.chars()
-                        .any(|c| c == '/' || c.is_whitespace() || c.is_control())
-                {
-                    return Err(self.invalid(
-                        "policy.wire_interface",
-                        Some(span),
-                        format!(
-                            "{w:?} is not an interface name: 1 to 15 characters without '/' or \
-                             spaces"
-                        ),
-                    ));
-                }
-                Some(w)
+    fn dataplane(
+        &self,
+        raw: RawDataplane,
+        production: bool,
+    ) -> Result<DataplaneConfig, ConfigError> {
+        let tun = self.interface("dataplane.tun", raw.tun)?;
+        let mtu = match raw.mtu {
+            None => DEFAULT_TUN_MTU,
+            Some(m) if (576..=9000).contains(m.get_ref()) => m.into_inner(),
+            Some(m) => {
+                return Err(self.invalid(
+                    "dataplane.mtu",
+                    Some(m.span()),
+                    format!("{} is outside 576..=9000", m.get_ref()),
+                ))
             }
         };
+        let engine = match raw.engine {
+            None => warden_enforcer::esp::Engine::default(),
+            Some(e) => {
+                let span = e.span();
+                let e = e.into_inner();
+                warden_enforcer::esp::Engine::ALL
+                    .into_iter()
+                    .find(|x| x.name() == e)
+                    .ok_or_else(|| {
+                        self.invalid(
+                            "dataplane.engine",
+                            Some(span),
+                            format!("{e:?} is not an engine: use aws-lc-rs, ring or aes-gcm"),
+                        )
+                    })?
+            }
+        };
+        let workers = match raw.workers {
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| u16::try_from(n.get()).unwrap_or(1))
+                .clamp(1, warden_enforcer::tunnel::MAX_WORKERS),
+            Some(w) if (1..=warden_enforcer::tunnel::MAX_WORKERS).contains(w.get_ref()) => {
+                w.into_inner()
+            }
+            Some(w) => {
+                return Err(self.invalid(
+                    "dataplane.workers",
+                    Some(w.span()),
+                    format!(
+                        "{} is outside 1..={} (leave it out for one per core)",
+                        w.get_ref(),
+                        warden_enforcer::tunnel::MAX_WORKERS
+                    ),
+                ))
+            }
+        };
+        let defaults = warden_enforcer::esp::Limits::default();
+        let positive = |key: &str, v: Option<Spanned<u64>>, default: u64, max: u64| match v {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(v.get_ref()) => Ok(v.into_inner()),
+            Some(v) => Err(self.invalid(
+                key,
+                Some(v.span()),
+                format!("{} is outside 1..={max}", v.get_ref()),
+            )),
+        };
+        let rekey_after_packets = positive(
+            "dataplane.rekey_after_packets",
+            raw.rekey_after_packets,
+            defaults.soft_packets,
+            defaults.soft_packets,
+        )?;
+        let rekey_after_bytes = positive(
+            "dataplane.rekey_after_bytes",
+            raw.rekey_after_bytes,
+            defaults.soft_bytes,
+            defaults.soft_bytes,
+        )?;
+        let rekey_after_secs = positive(
+            "dataplane.rekey_after_secs",
+            raw.rekey_after_secs,
+            defaults.soft_age.as_secs(),
+            defaults.soft_age.as_secs(),
+        )?;
+        let insecure_sa_key_log = match raw.insecure_sa_key_log {
+            None => None,
+            Some(p) if production => {
+                return Err(self.invalid(
+                    "dataplane.insecure_sa_key_log",
+                    Some(p.span()),
+                    "the SA key log reveals all east-west traffic and is refused when \
+                     `production = true`"
+                        .to_owned(),
+                ))
+            }
+            Some(p) => Some(self.path("dataplane.insecure_sa_key_log", p)?),
+        };
+        Ok(DataplaneConfig {
+            tun,
+            mtu,
+            engine,
+            workers,
+            offloads: raw.offloads.unwrap_or(true),
+            rekey_after_packets,
+            rekey_after_bytes,
+            rekey_after_secs,
+            insecure_sa_key_log,
+        })
+    }
+
+    fn interface(&self, key: &str, w: Spanned<String>) -> Result<String, ConfigError> {
+        let span = w.span();
+        let w = w.into_inner();
+        // IFNAMSIZ is 16 with the NUL; '/' and whitespace are not allowed by the kernel.
+        if w.is_empty()
+            || w.len() > 15
+            || w == "."
+            || w == ".."
+            || w.chars()
+                .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+        {
+            return Err(self.invalid(
+                key,
+                Some(span),
+                format!("{w:?} is not an interface name: 1 to 15 characters without '/' or spaces"),
+            ));
+        }
+        Ok(w)
+    }
+
+    fn policy(&self, raw: RawPolicy) -> Result<PolicyConfig, ConfigError> {
+        let wire_interface = raw
+            .wire_interface
+            .map(|w| self.interface("policy.wire_interface", w))
+            .transpose()?;
         let esp_udp_port = match raw.esp_udp_port {
             None => DEFAULT_ESP_UDP_PORT,
             Some(p) if *p.get_ref() == 0 => {
@@ -1358,6 +1525,68 @@ ca = "tls/collector-ca.crt"
             let msg = error(&format!("{MINIMAL}[policy]\n{line}\n"));
             assert_names(&msg, key);
         }
+    }
+
+    #[test]
+    fn dataplane_settings() {
+        assert_eq!(parse(MINIMAL).unwrap().dataplane, None);
+        let c = parse(&format!("{MINIMAL}[dataplane]\ntun = \"warden0\"\n")).unwrap();
+        let d = c.dataplane.unwrap();
+        assert_eq!(
+            (d.tun.as_str(), d.mtu, d.offloads),
+            ("warden0", DEFAULT_TUN_MTU, true)
+        );
+        assert_eq!(d.engine, warden_enforcer::esp::Engine::default());
+        assert!(d.workers >= 1);
+        let c = parse(&format!(
+            "{MINIMAL}[dataplane]\ntun = \"t0\"\nmtu = 9000\nengine = \"ring\"\nworkers = 3\n\
+             offloads = false\nrekey_after_packets = 10\nrekey_after_bytes = 20\n\
+             rekey_after_secs = 30\ninsecure_sa_key_log = \"keys.txt\"\n"
+        ))
+        .unwrap();
+        let d = c.dataplane.unwrap();
+        assert_eq!(d.engine, warden_enforcer::esp::Engine::Ring);
+        assert_eq!((d.mtu, d.workers, d.offloads), (9000, 3, false));
+        assert_eq!(
+            (
+                d.rekey_after_packets,
+                d.rekey_after_bytes,
+                d.rekey_after_secs
+            ),
+            (10, 20, 30)
+        );
+        assert_eq!(
+            d.insecure_sa_key_log.as_deref(),
+            Some(Path::new("/etc/warden/keys.txt"))
+        );
+        for (line, key) in [
+            ("tun = \"a/b\"", "dataplane.tun"),
+            ("tun = \"t\"\nmtu = 100", "dataplane.mtu"),
+            ("tun = \"t\"\nengine = \"des\"", "dataplane.engine"),
+            ("tun = \"t\"\nworkers = 0", "dataplane.workers"),
+            (
+                "tun = \"t\"\nrekey_after_bytes = 0",
+                "dataplane.rekey_after_bytes",
+            ),
+            (
+                "tun = \"t\"\nrekey_after_secs = 999999",
+                "dataplane.rekey_after_secs",
+            ),
+        ] {
+            let msg = error(&format!("{MINIMAL}[dataplane]\n{line}\n"));
+            assert_names(&msg, key);
+        }
+        // The key log is refused on a production appliance.
+        let msg = error(&format!(
+            "production = true\n{MINIMAL}[dataplane]\ntun = \"t\"\ninsecure_sa_key_log = \"k\"\n"
+        ));
+        assert_names(&msg, "dataplane.insecure_sa_key_log");
+        assert!(msg.contains("production"), "{msg}");
+        let c = parse(&format!(
+            "production = true\n{MINIMAL}[dataplane]\ntun = \"t\"\n"
+        ))
+        .unwrap();
+        assert!(c.production);
     }
 
     #[test]

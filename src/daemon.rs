@@ -172,7 +172,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
             .await?;
     }
+    let dataplane = match &config.dataplane {
+        Some(d) => Some(crate::dataplane::Dataplane::start(
+            d,
+            &config.name,
+            config.policy.esp_udp_port,
+            &policy,
+        )?),
+        None => None,
+    };
     let state = Arc::new(ApiState {
+        dataplane: dataplane.clone(),
         policy,
         vault: Arc::new(vault),
         ak_name: ak_name.clone(),
@@ -228,6 +238,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     if let Err(e) = audit.record_async(stopped).await {
         tracing::error!(error = %e, "could not record the stop");
+    }
+    if let Some(d) = &dataplane {
+        d.stop();
     }
     if let Some(exporter) = exporter {
         // Delivers what is pending (the stop event too) for a few seconds at most.

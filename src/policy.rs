@@ -149,6 +149,8 @@ pub struct PolicyService {
     wire: Option<WireSettings>,
     audit: Arc<AuditLog>,
     tpm: TpmActor,
+    /// The policy in force, for the services that follow it (data plane, peering).
+    changes: tokio::sync::watch::Sender<Option<Arc<ActivePolicy>>>,
 }
 
 /// What an apply did.
@@ -207,6 +209,7 @@ impl PolicyService {
         };
         let service = Arc::new(PolicyService {
             dir,
+            changes: tokio::sync::watch::Sender::new(active.clone()),
             active: RwLock::new(active.clone()),
             apply_lock: Mutex::new(()),
             enforcer,
@@ -235,6 +238,11 @@ impl PolicyService {
     /// The nftables counters (blocking: a netlink dump), when nftables enforcement is on.
     pub fn counters(&self) -> Option<Result<warden_enforcer::nft::Counters, String>> {
         self.enforcer.counters()
+    }
+
+    /// Follow the policy in force: the receiver sees the current one and every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<ActivePolicy>>> {
+        self.changes.subscribe()
     }
 
     /// The policy in force.
@@ -401,8 +409,9 @@ impl PolicyService {
             unchanged: false,
         };
         if let Ok(mut slot) = self.active.write() {
-            *slot = Some(active);
+            *slot = Some(Arc::clone(&active));
         }
+        self.changes.send_replace(Some(active));
         tracing::info!(version = applied.version, digest = %applied.digest, "policy applied");
         Ok(applied)
     }
