@@ -27,7 +27,8 @@ say() { echo "deps: $*"; }
 
 # --- Debian packages --------------------------------------------------------------------
 # gcc and libc6-dev: C code in aws-lc-rs, ring and libfuzzer; the rest: the TPM stack and its tools.
-packages=(gcc g++ libc6-dev make swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config ca-certificates openssl rsyslog rsyslog-gnutls libnftnl-dev libmnl-dev nftables iproute2 procps)
+# tshark: enforcer/tests/keylog_tshark.rs decrypts Warden's ESP with the SA key log.
+packages=(gcc g++ libc6-dev make swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config ca-certificates openssl rsyslog rsyslog-gnutls libnftnl-dev libmnl-dev nftables iproute2 procps tshark)
 missing=()
 for pkg in "${packages[@]}"; do
     if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
@@ -44,6 +45,9 @@ if ((${#missing[@]} > 0)); then
         sudo=(sudo)
     fi
     say "installing Debian packages: ${missing[*]}"
+    # tshark's wireshark-common asks whether non-root users may capture: answer no.
+    echo 'wireshark-common wireshark-common/install-setuid boolean false' |
+        "${sudo[@]}" debconf-set-selections
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}"
