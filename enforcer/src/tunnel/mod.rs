@@ -180,6 +180,7 @@ struct PolicyView {
     nodes: Vec<(String, IpAddr)>,
     tenants: Vec<String>,
     segment_node: Vec<Option<usize>>,
+    segment_tenant: Vec<usize>,
 }
 
 impl PolicyView {
@@ -189,10 +190,29 @@ impl PolicyView {
     fn tenant(&self, id: &str) -> Option<usize> {
         self.tenants.iter().position(|t| t == id)
     }
-    /// The node whose segment holds `addr`.
-    fn node_of(&self, addr: IpAddr) -> Option<usize> {
-        let seg = self.classifier.segment_of(addr)?;
-        self.segment_node.get(seg).copied().flatten()
+    fn segment_node(&self, segment: usize) -> Option<usize> {
+        self.segment_node.get(segment).copied().flatten()
+    }
+
+    /// Whether the policy allows the packet: a rule allows it, or it is a reply of a flow a
+    /// rule allows (the reverse direction matches with the ports swapped). The data plane is
+    /// stateless, so a reply is recognized by its shape: for TCP, no SYN without ACK, so the
+    /// answering side can never open a connection the rules do not allow. (nftables adds full
+    /// connection tracking on the host side; docs/dataplane.md.)
+    fn allows(&self, f: &Flow) -> bool {
+        if let Verdict::Allow(_) = self.classifier.classify(f.src, f.dst, f.proto, f.dst_port) {
+            return true;
+        }
+        if f.proto == packet::TCP && f.tcp_flags & (packet::SYN | packet::ACK) == packet::SYN {
+            return false;
+        }
+        if (f.proto == packet::TCP || f.proto == packet::UDP) && f.src_port == 0 {
+            return false;
+        }
+        matches!(
+            self.classifier.classify(f.dst, f.src, f.proto, f.src_port),
+            Verdict::Allow(_)
+        )
     }
 }
 
@@ -373,6 +393,7 @@ impl Tunnel {
                 .collect(),
             tenants: policy.tenants.iter().map(|t| t.id.clone()).collect(),
             segment_node: policy.segments.iter().map(|s| s.node).collect(),
+            segment_tenant: policy.segments.iter().map(|s| s.tenant).collect(),
         };
         let mut t = lock(&self.tables);
         t.policy = Some(Arc::new(view));
@@ -682,21 +703,27 @@ impl Snapshot {
     ) -> Result<Sealed, Drop> {
         let policy = self.policy.as_ref().ok_or(Drop::Policy)?;
         let flow = Flow::parse(inner).ok_or(Drop::Malformed)?;
-        if policy.local.is_none() || policy.node_of(flow.src) != policy.local {
+        let src = policy.classifier.segment_of(flow.src).ok_or(Drop::Source)?;
+        if policy.local.is_none() || policy.segment_node(src) != policy.local {
             return Err(Drop::Source);
         }
-        let allow = match policy
+        let peer = match policy
             .classifier
-            .classify(flow.src, flow.dst, flow.proto, flow.dst_port)
+            .segment_of(flow.dst)
+            .and_then(|d| policy.segment_node(d))
         {
-            Verdict::Allow(a) => a,
-            Verdict::Deny(_) => return Err(Drop::Policy),
-        };
-        let peer = match allow.peer_node {
             Some(n) if Some(n) != policy.local => n,
             _ => return Err(Drop::NoRoute),
         };
-        let sa = self.out.get(&(peer, allow.tenant)).ok_or(Drop::NoSa)?;
+        if !policy.allows(&flow) {
+            return Err(Drop::Policy);
+        }
+        let tenant = policy
+            .segment_tenant
+            .get(src)
+            .copied()
+            .ok_or(Drop::Policy)?;
+        let sa = self.out.get(&(peer, tenant)).ok_or(Drop::NoSa)?;
         let slot = sa
             .workers
             .get(usize::from(worker))
@@ -756,21 +783,23 @@ impl Snapshot {
         let (Some(peer), Some(tenant)) = (*peer, *tenant) else {
             return Err(Drop::Policy);
         };
-        if policy.node_of(flow.src) != Some(peer) {
+        let src = policy.classifier.segment_of(flow.src).ok_or(Drop::Source)?;
+        if policy.segment_node(src) != Some(peer) {
             return Err(Drop::Source);
         }
-        let allow = match policy
-            .classifier
-            .classify(flow.src, flow.dst, flow.proto, flow.dst_port)
-        {
-            Verdict::Allow(a) => a,
-            Verdict::Deny(_) => return Err(Drop::Policy),
-        };
-        if allow.tenant != tenant {
-            return Err(Drop::Policy);
+        // The authenticated SPI names the tenant; the inner source must be that tenant's.
+        if policy.segment_tenant.get(src).copied() != Some(tenant) {
+            return Err(Drop::Source);
         }
-        if policy.local.is_none() || allow.peer_node != policy.local {
+        let dst_node = policy
+            .classifier
+            .segment_of(flow.dst)
+            .and_then(|d| policy.segment_node(d));
+        if policy.local.is_none() || dst_node != policy.local {
             return Err(Drop::NoRoute);
+        }
+        if !policy.allows(&flow) {
+            return Err(Drop::Policy);
         }
         Ok(Delivered {
             start: opened.start,

@@ -5,8 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::esp::sa::{NEXT_IPV4, NEXT_IPV6};
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+pub(crate) const TCP: u8 = 6;
+pub(crate) const UDP: u8 = 17;
+pub(crate) const SYN: u8 = 0x02;
+pub(crate) const ACK: u8 = 0x10;
 
 /// What the classifier needs from one inner IP packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +19,8 @@ pub struct Flow {
     /// The TCP/UDP destination port; 0 for other protocols and non-first fragments.
     pub dst_port: u16,
     pub src_port: u16,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
     /// The ESP next-header value for this packet (4 or 41).
     pub next_header: u8,
 }
@@ -36,10 +40,10 @@ impl Flow {
                 let proto = *p.get(9)?;
                 let src = Ipv4Addr::from(<[u8; 4]>::try_from(p.get(12..16)?).ok()?);
                 let dst = Ipv4Addr::from(<[u8; 4]>::try_from(p.get(16..20)?).ok()?);
-                let (src_port, dst_port) = if frag == 0 {
+                let (src_port, dst_port, tcp_flags) = if frag == 0 {
                     ports(proto, p.get(ihl..total)?)
                 } else {
-                    (0, 0)
+                    (0, 0, 0)
                 };
                 Some(Flow {
                     src: src.into(),
@@ -47,6 +51,7 @@ impl Flow {
                     proto,
                     dst_port,
                     src_port,
+                    tcp_flags,
                     next_header: NEXT_IPV4,
                 })
             }
@@ -59,13 +64,14 @@ impl Flow {
                 let proto = *p.get(6)?;
                 let src = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(8..24)?).ok()?);
                 let dst = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?);
-                let (src_port, dst_port) = ports(proto, p.get(40..end)?);
+                let (src_port, dst_port, tcp_flags) = ports(proto, p.get(40..end)?);
                 Some(Flow {
                     src: src.into(),
                     dst: dst.into(),
                     proto,
                     dst_port,
                     src_port,
+                    tcp_flags,
                     next_header: NEXT_IPV6,
                 })
             }
@@ -107,16 +113,23 @@ fn v6(a: IpAddr) -> Ipv6Addr {
     }
 }
 
-fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
+/// (source port, destination port, TCP flags); zeros when absent.
+fn ports(proto: u8, l4: &[u8]) -> (u16, u16, u8) {
     if proto != TCP && proto != UDP {
-        return (0, 0);
+        return (0, 0, 0);
     }
+    let flags = if proto == TCP {
+        l4.get(13).copied().unwrap_or(0)
+    } else {
+        0
+    };
     match l4 {
         [s0, s1, d0, d1, ..] => (
             u16::from_be_bytes([*s0, *s1]),
             u16::from_be_bytes([*d0, *d1]),
+            flags,
         ),
-        _ => (0, 0),
+        _ => (0, 0, 0),
     }
 }
 
@@ -126,7 +139,8 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A minimal IPv4 packet (checksums are not checked by the data plane's classifier).
+    /// A minimal IPv4 packet (checksums are not checked by the data plane's classifier); TCP
+    /// packets are SYNs.
     pub(crate) fn ipv4(
         src: [u8; 4],
         dst: [u8; 4],
@@ -134,7 +148,23 @@ pub(crate) mod tests {
         dport: u16,
         payload: &[u8],
     ) -> Vec<u8> {
-        let l4 = if proto == TCP || proto == UDP { 8 } else { 0 };
+        ipv4_flags(src, dst, proto, 40000, dport, SYN, payload)
+    }
+
+    pub(crate) fn ipv4_flags(
+        src: [u8; 4],
+        dst: [u8; 4],
+        proto: u8,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let l4 = match proto {
+            TCP => 20,
+            UDP => 8,
+            _ => 0,
+        };
         let total = 20 + l4 + payload.len();
         let mut p = vec![0u8; total];
         p[0] = 0x45;
@@ -144,8 +174,12 @@ pub(crate) mod tests {
         p[12..16].copy_from_slice(&src);
         p[16..20].copy_from_slice(&dst);
         if l4 > 0 {
-            p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+            p[20..22].copy_from_slice(&sport.to_be_bytes());
             p[22..24].copy_from_slice(&dport.to_be_bytes());
+        }
+        if proto == TCP {
+            p[32] = 5 << 4;
+            p[33] = flags;
         }
         p[20 + l4..].copy_from_slice(payload);
         p

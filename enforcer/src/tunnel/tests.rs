@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::packet::tests::ipv4;
+use super::packet::tests::{ipv4, ipv4_flags};
 use super::*;
 
 const POLICY: &str = r#"
@@ -258,7 +258,37 @@ fn another_tenants_sa_cannot_carry_acme_traffic() {
     let mut o = Outbound::new(spi(base, 0), &keys(1, 1)[0], Limits::default());
     let mut p = vec![0u8; 2048];
     let n = o.seal(&ipv4(WEB, DB, TCP, 5432, b"x"), 4, &mut p).unwrap();
-    assert_eq!(open(&b, &mut p[..n].to_vec()), Err(Drop::Policy));
+    assert_eq!(open(&b, &mut p[..n].to_vec()), Err(Drop::Source));
+}
+
+#[test]
+fn replies_pass_but_the_answering_side_cannot_open_connections() {
+    // acme-web -> acme-db tcp/5432 only; node-b answers.
+    let policy = POLICY.replace(
+        "[[rule]]\nfrom = \"acme-db\"\nto = \"acme-web\"\nproto = \"any\"\n",
+        "",
+    );
+    let b = tunnel("node-b", 1, Limits::default());
+    b.set_policy(&warden_policy::parse(&policy, "t.toml").unwrap());
+    let keys_ba =
+        |e| vec![derive_sa_keys(&[7; 32], b"acme-key", "acme", "node-b", "node-a", e, 0).unwrap()];
+    b.set_outbound("node-b-to-a", "acme", 1, 0x100, keys_ba(1), Instant::now())
+        .expect_err("unknown node");
+    b.set_outbound("node-a", "acme", 1, 0x100, keys_ba(1), Instant::now())
+        .unwrap();
+    const SYN_ACK: u8 = 0x12;
+    const ACK: u8 = 0x10;
+    // The SYN-ACK and data of the server's side of an allowed connection pass.
+    for flags in [SYN_ACK, ACK] {
+        let reply = ipv4_flags(DB, WEB, TCP, 5432, 40000, flags, b"");
+        assert!(seal(&b, 0, &reply).is_ok(), "flags {flags:#x}");
+    }
+    // A SYN from the server's port is a new connection, which no rule allows.
+    let syn = ipv4_flags(DB, WEB, TCP, 5432, 40000, 0x02, b"");
+    assert_eq!(seal(&b, 0, &syn), Err(Drop::Policy));
+    // A reply from another port is not a reply.
+    let other = ipv4_flags(DB, WEB, TCP, 5433, 40000, ACK, b"");
+    assert_eq!(seal(&b, 0, &other), Err(Drop::Policy));
 }
 
 #[test]
