@@ -28,7 +28,7 @@ say() { echo "deps: $*"; }
 # --- Debian packages --------------------------------------------------------------------
 # gcc and libc6-dev: C code in aws-lc-rs, ring and libfuzzer; the rest: the TPM stack and its tools.
 # tshark: enforcer/tests/keylog_tshark.rs decrypts Warden's ESP with the SA key log.
-packages=(gcc g++ libc6-dev make swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config ca-certificates openssl rsyslog rsyslog-gnutls libnftnl-dev libmnl-dev nftables iproute2 procps tshark)
+packages=(gcc g++ libc6-dev make swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config ca-certificates openssl rsyslog rsyslog-gnutls libnftnl-dev libmnl-dev nftables iproute2 procps tshark tcpdump)
 missing=()
 for pkg in "${packages[@]}"; do
     if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use warden_enforcer::esp::Limits;
-use warden_enforcer::tunnel::{Drop, Tunnel, TunnelConfig};
+use warden_enforcer::tunnel::{Direction, Drop, Tunnel, TunnelConfig};
 
 use crate::config::DataplaneConfig;
 use crate::policy::PolicyService;
@@ -161,15 +161,18 @@ impl Dataplane {
             out,
             "warden_dataplane_drops_total",
             "counter",
-            "Packets dropped by the data plane, by reason.",
+            "Packets dropped by the data plane, by direction (out: from the host, in: from the wire) and reason.",
         );
-        for d in Drop::ALL {
-            let _ = writeln!(
-                out,
-                "warden_dataplane_drops_total{{reason=\"{}\"}} {}",
-                d.as_str(),
-                t.counters().get(d)
-            );
+        for dir in [Direction::Outbound, Direction::Inbound] {
+            for d in Drop::ALL {
+                let _ = writeln!(
+                    out,
+                    "warden_dataplane_drops_total{{direction=\"{}\",reason=\"{}\"}} {}",
+                    dir.as_str(),
+                    d.as_str(),
+                    t.counters().get_dir(dir, d)
+                );
+            }
         }
         metric(
             out,

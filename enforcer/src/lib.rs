@@ -5,5 +5,8 @@
 #![deny(unsafe_code)]
 
 pub mod esp;
+#[cfg(all(target_os = "linux", feature = "io"))]
+pub mod io;
 pub mod nft;
+pub mod offload;
 pub mod tunnel;

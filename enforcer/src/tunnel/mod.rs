@@ -268,23 +268,37 @@ pub struct Snapshot {
     counters: Arc<Counters>,
 }
 
-/// Drop counters by reason.
+/// Drop counters by direction and reason.
 #[derive(Default)]
 pub struct Counters {
-    drops: [AtomicU64; 10],
+    /// [egress (from the host), ingress (from the wire)].
+    drops: [[AtomicU64; 10]; 2],
 }
 
 impl Counters {
-    pub fn count(&self, d: Drop) {
-        if let Some(c) = self.drops.get(d.index()) {
+    fn slot(&self, dir: Direction, d: Drop) -> Option<&AtomicU64> {
+        let side = match dir {
+            Direction::Outbound => 0,
+            Direction::Inbound => 1,
+        };
+        self.drops.get(side)?.get(d.index())
+    }
+
+    pub fn count(&self, dir: Direction, d: Drop) {
+        if let Some(c) = self.slot(dir, d) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Drops for `d` in one direction: `Outbound` = packets from the host, `Inbound` = from
+    /// the wire.
+    pub fn get_dir(&self, dir: Direction, d: Drop) -> u64 {
+        self.slot(dir, d).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Drops for `d` in both directions.
     pub fn get(&self, d: Drop) -> u64 {
-        self.drops
-            .get(d.index())
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        self.get_dir(Direction::Outbound, d) + self.get_dir(Direction::Inbound, d)
     }
 }
 
@@ -689,7 +703,7 @@ impl Snapshot {
     ) -> Result<Sealed, Drop> {
         let r = self.egress_inner(worker, now, inner, out);
         if let Err(d) = r {
-            self.counters.count(d);
+            self.counters.count(Direction::Outbound, d);
         }
         r
     }
@@ -748,7 +762,7 @@ impl Snapshot {
     pub fn ingress(&self, packet: &mut [u8]) -> Result<Delivered, Drop> {
         let r = self.ingress_inner(packet);
         if let Err(d) = r {
-            self.counters.count(d);
+            self.counters.count(Direction::Inbound, d);
         }
         r
     }
