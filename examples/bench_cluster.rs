@@ -9,7 +9,12 @@
 //! ```
 //! `up` expects the wire (198.51.100.1 in NSA, 198.51.100.2 in NSB) and puts 203.0.113.1 (NSA)
 //! and 203.0.113.2 (NSB) on each side's TUN; it runs until SIGTERM or SIGINT (or `down`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -61,6 +61,9 @@ pub struct ApiState {
     pub name: String,
     /// The east-west data plane, when `[dataplane]` is configured.
     pub dataplane: Option<std::sync::Arc<crate::dataplane::Dataplane>>,
+    /// The control channel to the peer appliances, when `[peering]` is configured (set once
+    /// the service has started; it needs this state for evidence).
+    pub peering: std::sync::OnceLock<Arc<crate::peering::PeerService>>,
 }
 
 type AppState = Arc<ApiState>;
@@ -150,6 +153,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     .chain(crate::policy_api::routes())
     .chain(crate::keys_api::routes())
     .chain(crate::metrics::routes())
+    .chain(crate::peering_api::routes())
     .collect()
 }
 

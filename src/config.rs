@@ -62,6 +62,9 @@ pub struct Config {
     pub production: bool,
     /// `[dataplane]`: the east-west ESP data plane; `None` when the section is absent.
     pub dataplane: Option<DataplaneConfig>,
+    /// `[peering]`: the attested control channel to the other appliances; `None` when the
+    /// section is absent.
+    pub peering: Option<PeeringConfig>,
 }
 
 /// `[dataplane]`: the TUN device, crypto engine, workers and rekey limits (docs/dataplane.md).
@@ -336,6 +339,8 @@ struct RawConfig {
     production: bool,
     #[serde(default)]
     dataplane: Option<RawDataplane>,
+    #[serde(default)]
+    peering: Option<RawPeering>,
 }
 
 #[derive(Deserialize)]
@@ -498,6 +503,7 @@ impl Validator<'_> {
             keys,
             production: raw.production,
             dataplane,
+            peering: raw.peering.map(|p| self.peering(p)).transpose()?,
             audit: AuditConfig {
                 syslog: raw
                     .audit
@@ -967,6 +973,239 @@ impl Validator<'_> {
             hostname,
             max_backlog,
             batch,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `[peering]`: the attested control channel (docs/peering.md).
+
+/// `[peering] listen` when absent.
+pub const DEFAULT_PEERING_LISTEN: &str = "0.0.0.0:4501";
+/// `[peering] tenant_key` when absent: the key id of each tenant's east-west key.
+pub const DEFAULT_PEERING_TENANT_KEY: &str = "east-west";
+/// `[peering]` timers when absent, in seconds.
+pub const DEFAULT_REKEY_INTERVAL_SECS: f64 = 3600.0;
+pub const DEFAULT_REKEY_GRACE_SECS: f64 = 5.0;
+pub const DEFAULT_REATTEST_INTERVAL_SECS: f64 = 60.0;
+pub const DEFAULT_KEEPALIVE_SECS: f64 = 5.0;
+pub const DEFAULT_PEER_TIMEOUT_SECS: f64 = 15.0;
+
+/// `[peering]`: the control channel that attests the other appliances and keys the SAs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeeringConfig {
+    /// Where this appliance accepts control channels from peers.
+    pub listen: SocketAddr,
+    /// The port peers listen on: a peer's control address is `<its policy address>:<port>`.
+    pub port: u16,
+    /// This appliance's peer certificate chain (PEM, leaf first): a DNS SubjectAltName equal
+    /// to `name`, usable for both TLS server and client authentication.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA certificate(s) (PEM) that sign appliance peer certificates.
+    pub ca: PathBuf,
+    /// The key id of each tenant's east-west key in the vault.
+    pub tenant_key: String,
+    /// Control addresses that replace `<policy address>:<port>` for some nodes (tests, NAT).
+    pub peers: std::collections::BTreeMap<String, SocketAddr>,
+    /// The receiver renews each tenant's SAs at least this often.
+    pub rekey_interval: std::time::Duration,
+    /// How long a replaced inbound SA keeps accepting packets.
+    pub grace: std::time::Duration,
+    /// Each side challenges the other this often; an answer must come within the interval.
+    pub reattest_interval: std::time::Duration,
+    /// Ping this often.
+    pub keepalive: std::time::Duration,
+    /// A channel silent for this long is lost.
+    pub peer_timeout: std::time::Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeering {
+    #[serde(default)]
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    port: Option<Spanned<u16>>,
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+    ca: Spanned<PathBuf>,
+    #[serde(default)]
+    tenant_key: Option<Spanned<String>>,
+    #[serde(default)]
+    peers: std::collections::BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    rekey_interval: Option<Spanned<f64>>,
+    #[serde(default)]
+    grace: Option<Spanned<f64>>,
+    #[serde(default)]
+    reattest_interval: Option<Spanned<f64>>,
+    #[serde(default)]
+    keepalive: Option<Spanned<f64>>,
+    #[serde(default)]
+    peer_timeout: Option<Spanned<f64>>,
+}
+
+impl Validator<'_> {
+    fn peering(&self, raw: RawPeering) -> Result<PeeringConfig, ConfigError> {
+        let listen = match raw.listen {
+            Some(l) => l,
+            None => DEFAULT_PEERING_LISTEN
+                .parse()
+                .map_err(|_| self.invalid("peering.listen", None, "bad default".to_owned()))?,
+        };
+        if listen.port() == 0 {
+            return Err(self.invalid(
+                "peering.listen",
+                None,
+                "port 0 is not a port: peers must know where to connect (default 4501)".to_owned(),
+            ));
+        }
+        let port = match raw.port {
+            None => listen.port(),
+            Some(p) if *p.get_ref() == 0 => {
+                return Err(self.invalid(
+                    "peering.port",
+                    Some(p.span()),
+                    "0 is not a port: use 1..=65535".to_owned(),
+                ))
+            }
+            Some(p) => p.into_inner(),
+        };
+        let tenant_key = match raw.tenant_key {
+            None => DEFAULT_PEERING_TENANT_KEY.to_owned(),
+            Some(k) => {
+                let span = k.span();
+                let k = k.into_inner();
+                if !warden_keys::envelope::valid_name(&k) {
+                    return Err(self.invalid(
+                        "peering.tenant_key",
+                        Some(span),
+                        format!("{k:?} is not a key id: 1 to 63 of a-z, 0-9 and '-'"),
+                    ));
+                }
+                k
+            }
+        };
+        let mut peers = std::collections::BTreeMap::new();
+        for (node, addr) in raw.peers {
+            let key = format!("peering.peers.{node}");
+            let span = addr.span();
+            if !crate::peering::frame::valid_name(&node) {
+                return Err(self.invalid(
+                    &key,
+                    Some(span),
+                    format!(
+                        "{node:?} is not a node id: 1 to 63 of a-z, 0-9 and '-', as in the policy"
+                    ),
+                ));
+            }
+            let parsed: SocketAddr = addr.get_ref().parse().map_err(|_| {
+                self.invalid(
+                    &key,
+                    Some(span.clone()),
+                    format!(
+                        "{:?} is not an address and port, e.g. \"192.0.2.2:4501\"",
+                        addr.get_ref()
+                    ),
+                )
+            })?;
+            if parsed.port() == 0 {
+                return Err(self.invalid(&key, Some(span), "port 0 is not a port".to_owned()));
+            }
+            peers.insert(node, parsed);
+        }
+        let seconds = |key: &str,
+                       value: Option<Spanned<f64>>,
+                       default: f64,
+                       min: f64,
+                       max: f64|
+         -> Result<(std::time::Duration, Option<Range<usize>>), ConfigError> {
+            let Some(v) = value else {
+                return Ok((std::time::Duration::from_secs_f64(default), None));
+            };
+            let span = v.span();
+            let secs = v.into_inner();
+            if !(secs.is_finite() && (min..=max).contains(&secs)) {
+                return Err(self.invalid(
+                    key,
+                    Some(span),
+                    format!("{secs} s is out of range: use {min}..={max} seconds"),
+                ));
+            }
+            Ok((std::time::Duration::from_secs_f64(secs), Some(span)))
+        };
+        let (rekey_interval, _) = seconds(
+            "peering.rekey_interval",
+            raw.rekey_interval,
+            DEFAULT_REKEY_INTERVAL_SECS,
+            0.1,
+            86_400.0,
+        )?;
+        let (grace, grace_span) = seconds(
+            "peering.grace",
+            raw.grace,
+            DEFAULT_REKEY_GRACE_SECS,
+            0.0,
+            600.0,
+        )?;
+        let (reattest_interval, _) = seconds(
+            "peering.reattest_interval",
+            raw.reattest_interval,
+            DEFAULT_REATTEST_INTERVAL_SECS,
+            1.0,
+            86_400.0,
+        )?;
+        let (keepalive, keepalive_span) = seconds(
+            "peering.keepalive",
+            raw.keepalive,
+            DEFAULT_KEEPALIVE_SECS,
+            0.1,
+            3600.0,
+        )?;
+        let (peer_timeout, _) = seconds(
+            "peering.peer_timeout",
+            raw.peer_timeout,
+            DEFAULT_PEER_TIMEOUT_SECS,
+            0.2,
+            3600.0,
+        )?;
+        if keepalive >= peer_timeout {
+            return Err(self.invalid(
+                "peering.keepalive",
+                keepalive_span,
+                format!(
+                    "{} s is not below peer_timeout ({} s): a live peer would be taken for lost",
+                    keepalive.as_secs_f64(),
+                    peer_timeout.as_secs_f64()
+                ),
+            ));
+        }
+        if grace >= rekey_interval {
+            return Err(self.invalid(
+                "peering.grace",
+                grace_span,
+                format!(
+                    "{} s is not below rekey_interval ({} s)",
+                    grace.as_secs_f64(),
+                    rekey_interval.as_secs_f64()
+                ),
+            ));
+        }
+        Ok(PeeringConfig {
+            listen,
+            port,
+            cert: self.path("peering.cert", raw.cert)?,
+            key: self.path("peering.key", raw.key)?,
+            ca: self.path("peering.ca", raw.ca)?,
+            tenant_key,
+            peers,
+            rekey_interval,
+            grace,
+            reattest_interval,
+            keepalive,
+            peer_timeout,
         })
     }
 }
@@ -1671,5 +1910,130 @@ ca = "tls/collector-ca.crt"
         assert_eq!(position_of(text, 5), Position { line: 2, column: 3 });
         assert_eq!(position_of(text, 4), Position { line: 2, column: 2 });
         assert_eq!(position_of(text, 999).line, 3);
+    }
+
+    const PEERING: &str = r#"
+[peering]
+cert = "tls/peer.crt"
+key = "tls/peer.key"
+ca = "tls/peer-ca.crt"
+"#;
+
+    #[test]
+    fn peering_defaults_and_values() {
+        assert_eq!(parse(MINIMAL).unwrap().peering, None);
+        let p = parse(&format!("{MINIMAL}{PEERING}"))
+            .unwrap()
+            .peering
+            .unwrap();
+        assert_eq!(p.listen, "0.0.0.0:4501".parse().unwrap());
+        assert_eq!(p.port, 4501);
+        assert_eq!(p.cert, Path::new("/etc/warden/tls/peer.crt"));
+        assert_eq!(p.ca, Path::new("/etc/warden/tls/peer-ca.crt"));
+        assert_eq!(p.tenant_key, "east-west");
+        assert!(p.peers.is_empty());
+        assert_eq!(p.rekey_interval, std::time::Duration::from_secs(3600));
+        assert_eq!(p.grace, std::time::Duration::from_secs(5));
+        assert_eq!(p.reattest_interval, std::time::Duration::from_secs(60));
+        assert_eq!(p.keepalive, std::time::Duration::from_secs(5));
+        assert_eq!(p.peer_timeout, std::time::Duration::from_secs(15));
+
+        let text = format!(
+            "{MINIMAL}{PEERING}listen = \"127.0.0.2:14501\"\ntenant_key = \"ew\"\n\
+             rekey_interval = 2\ngrace = 0.5\nreattest_interval = 3\nkeepalive = 0.25\n\
+             peer_timeout = 1.5\npeers = {{ \"node-b\" = \"127.0.0.1:14502\" }}\n"
+        );
+        let p = parse(&text).unwrap().peering.unwrap();
+        assert_eq!(p.listen, "127.0.0.2:14501".parse().unwrap());
+        assert_eq!(p.port, 14501, "the listen port by default");
+        assert_eq!(p.tenant_key, "ew");
+        assert_eq!(
+            p.peers.get("node-b"),
+            Some(&"127.0.0.1:14502".parse().unwrap())
+        );
+        assert_eq!(p.rekey_interval, std::time::Duration::from_secs(2));
+        assert_eq!(p.grace, std::time::Duration::from_millis(500));
+        assert_eq!(p.keepalive, std::time::Duration::from_millis(250));
+        assert_eq!(p.peer_timeout, std::time::Duration::from_millis(1500));
+        let p = parse(&format!("{MINIMAL}{PEERING}port = 4600\n"))
+            .unwrap()
+            .peering
+            .unwrap();
+        assert_eq!((p.listen.port(), p.port), (4501, 4600));
+        let example = Config::from_str(
+            include_str!("../docs/config.example.toml"),
+            Path::new("docs/config.example.toml"),
+        )
+        .unwrap();
+        let p = example.peering.unwrap();
+        assert_eq!(p.cert, Path::new("/etc/warden/tls/peer.crt"));
+        assert_eq!(p.reattest_interval, std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn peering_values_are_checked() {
+        for (line, key, needle) in [
+            ("port = 0", "peering.port", "not a port"),
+            ("listen = \"0.0.0.0:0\"", "peering.listen", "port 0"),
+            ("listen = \"anywhere\"", "peering.listen", "address"),
+            (
+                "tenant_key = \"East West\"",
+                "peering.tenant_key",
+                "not a key id",
+            ),
+            (
+                "peers = { \"Node_B\" = \"127.0.0.1:1\" }",
+                "peering.peers.Node_B",
+                "not a node id",
+            ),
+            (
+                "peers = { \"node-b\" = \"localhost\" }",
+                "peering.peers.node-b",
+                "not an address and port",
+            ),
+            (
+                "peers = { \"node-b\" = \"127.0.0.1:0\" }",
+                "peering.peers.node-b",
+                "port 0",
+            ),
+            (
+                "rekey_interval = 0.05",
+                "peering.rekey_interval",
+                "out of range",
+            ),
+            ("grace = -1", "peering.grace", "out of range"),
+            ("grace = 4000", "peering.grace", "out of range"),
+            (
+                "reattest_interval = 0",
+                "peering.reattest_interval",
+                "out of range",
+            ),
+            ("keepalive = nan", "peering.keepalive", "out of range"),
+            ("peer_timeout = 0.1", "peering.peer_timeout", "out of range"),
+            (
+                "keepalive = 20",
+                "peering.keepalive",
+                "not below peer_timeout",
+            ),
+            (
+                "rekey_interval = 2\ngrace = 3",
+                "peering.grace",
+                "not below rekey_interval",
+            ),
+            ("cert = \"\"", "peering.cert", "must not be empty"),
+            ("colour = 1", "peering.colour", "unknown field"),
+        ] {
+            let text = edit(
+                &format!("{MINIMAL}{PEERING}"),
+                "peering",
+                line.split(' ').next().unwrap(),
+                line,
+            );
+            let msg = error(&text);
+            assert_names(&msg, key);
+            assert!(msg.contains(needle), "{line}: {msg}");
+        }
+        let msg = error(&format!("{MINIMAL}[peering]\ncert = \"c\"\nkey = \"k\"\n"));
+        assert_names(&msg, "peering.ca");
     }
 }

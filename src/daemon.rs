@@ -202,7 +202,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         audit: Arc::clone(&audit),
         export: exporter.as_ref().map(Exporter::status),
         name: config.name.clone(),
+        peering: std::sync::OnceLock::new(),
     });
+    // The control channel keys the data plane's tunnel; without `[dataplane]`, a tunnel of
+    // its own that carries no packets.
+    let peering = match &config.peering {
+        Some(p) => {
+            let tunnel = match &dataplane {
+                Some(d) => Arc::clone(d.tunnel()),
+                None => crate::peering::standalone_tunnel(&config, &state.policy),
+            };
+            let service =
+                crate::peering::PeerService::start(p, &config.name, tunnel, &state).await?;
+            let _ = state.peering.set(Arc::clone(&service));
+            Some(service)
+        }
+        None => None,
+    };
     let app = api::router(state, config.api.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -238,6 +254,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     if let Err(e) = audit.record_async(stopped).await {
         tracing::error!(error = %e, "could not record the stop");
+    }
+    if let Some(p) = &peering {
+        p.stop();
     }
     if let Some(d) = &dataplane {
         d.stop();

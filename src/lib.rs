@@ -22,6 +22,8 @@ pub mod keys_api;
 pub mod keys_client;
 pub mod measure;
 pub mod metrics;
+pub mod peering;
+pub mod peering_api;
 pub mod policy;
 pub mod policy_api;
 pub mod policy_client;

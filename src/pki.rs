@@ -145,6 +145,21 @@ pub fn issue_client_cert(
             identity.role()
         );
     }
+    let issuer = demo_issuer(pki_dir)?;
+    let key = new_key()?;
+    let cert = client_params(identity, &identity.to_string(), OffsetDateTime::now_utc())?
+        .signed_by(&key, &issuer)
+        .with_context(|| format!("cannot sign the certificate for {identity}"))?;
+    let stem = format!("{}-{}", identity.role(), identity.name());
+    let cert_path = pki_dir.join(format!("{stem}.crt"));
+    let key_path = pki_dir.join(format!("{stem}.key"));
+    write_public(&cert_path, &cert.pem())?;
+    write_secret(&key_path, &key.serialize_pem())?;
+    Ok((cert_path, key_path))
+}
+
+/// The demo CA in `pki_dir` (`ca.crt` and `ca.key`), checked to belong together.
+fn demo_issuer(pki_dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
     let paths = DemoPki::paths(pki_dir);
     let read = |path: &Path| {
         fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
@@ -162,14 +177,32 @@ pub fn issue_client_cert(
             paths.ca_cert.display()
         );
     }
+    Ok(issuer)
+}
 
+/// Issues an appliance peer certificate for the control channel (docs/peering.md) from the
+/// demo CA in `pki_dir`: the node id as its DNS SubjectAltName and common name, usable for
+/// both TLS server and client authentication. Writes `peer-<node>.crt` and `peer-<node>.key`
+/// (mode 0600) into `pki_dir` and returns their paths.
+pub fn issue_peer_cert(pki_dir: &Path, node: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if !crate::peering::frame::valid_name(node) {
+        anyhow::bail!(
+            "{node:?} is not a node id: use 1 to 63 of a-z, 0-9 and '-', not starting with '-'"
+        );
+    }
+    let issuer = demo_issuer(pki_dir)?;
     let key = new_key()?;
-    let cert = client_params(identity, &identity.to_string(), OffsetDateTime::now_utc())?
+    let mut params = params(vec![node.to_owned()], node, OffsetDateTime::now_utc())?;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params
         .signed_by(&key, &issuer)
-        .with_context(|| format!("cannot sign the certificate for {identity}"))?;
-    let stem = format!("{}-{}", identity.role(), identity.name());
-    let cert_path = pki_dir.join(format!("{stem}.crt"));
-    let key_path = pki_dir.join(format!("{stem}.key"));
+        .with_context(|| format!("cannot sign the peer certificate for {node}"))?;
+    let cert_path = pki_dir.join(format!("peer-{node}.crt"));
+    let key_path = pki_dir.join(format!("peer-{node}.key"));
     write_public(&cert_path, &cert.pem())?;
     write_secret(&key_path, &key.serialize_pem())?;
     Ok((cert_path, key_path))
@@ -459,6 +492,38 @@ mod tests {
         fs::copy(&a.server_key, &a.ca_key).unwrap();
         fs::write(&a.ca_cert, "not a certificate").unwrap();
         assert!(issue_client_cert(&a.dir, &acme).is_err());
+    }
+
+    #[test]
+    fn peer_certificates_carry_the_node_id_and_both_ekus() {
+        let dir = tempfile::tempdir().unwrap();
+        generate_demo_pki(dir.path(), &[]).unwrap();
+        let (cert, key) = issue_peer_cert(dir.path(), "node-b").unwrap();
+        assert_eq!(cert, dir.path().join("peer-node-b.crt"));
+        let der = der(&cert);
+        let (_, parsed) = parse_x509_certificate(&der).unwrap();
+        let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let san = parsed.subject_alternative_name().unwrap().unwrap();
+        let names: Vec<String> = san
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => d.to_string(),
+                other => panic!("unexpected SAN {other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["node-b"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        for bad in ["", "Node-B", "-b", "a.b", "../b"] {
+            assert!(issue_peer_cert(dir.path(), bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

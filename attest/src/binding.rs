@@ -29,6 +29,11 @@ pub mod purpose {
     /// A tenant about to provision a key: the bound key is the one-use X25519 key the
     /// appliance issued for the upload (the key is wrapped to it, warden-keys envelope).
     pub const KEY_PROVISION: &str = "warden/keys/provision/v1";
+    /// An appliance proving itself to a peer appliance on the control channel that keys the
+    /// east-west SAs: the bound key is 32 bytes of that TLS session's exporter (label
+    /// `EXPORTER-warden-peer-attest`, context = the challenge nonce), so the evidence cannot be
+    /// relayed into another session.
+    pub const PEER_CHANNEL: &str = "warden/peer-channel/v1";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

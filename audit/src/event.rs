@@ -84,6 +84,24 @@ pub enum Kind {
     /// A key was released to an attested workload (bound to the result id and a TTL).
     #[serde(rename = "key.released")]
     KeyReleased,
+    /// A peer appliance and this one attested each other on the control channel (peer id,
+    /// address, key exchange group, the peer's policy version).
+    #[serde(rename = "peer.attested")]
+    PeerAttested,
+    /// A peer was refused before any SA existed: identity, missing reference values, failed
+    /// verification (each failure), or it refused this appliance.
+    #[serde(rename = "peer.refused")]
+    PeerRefused,
+    /// A re-attestation of an attested peer failed or went unanswered: its SAs were removed.
+    #[serde(rename = "peer.attestation-failed")]
+    PeerAttestationFailed,
+    /// The control channel to an attested peer was lost: its SAs were removed.
+    #[serde(rename = "peer.lost")]
+    PeerLost,
+    /// An SA for a tenant could not be made with a peer (e.g. the tenant's east-west key
+    /// version is missing here).
+    #[serde(rename = "peer.sa-refused")]
+    PeerSaRefused,
 }
 
 impl Kind {
@@ -117,6 +135,11 @@ impl Kind {
             Kind::KeyUnsealFailed => "key.unseal-failed",
             Kind::KeyReleasePolicy => "key.release-policy",
             Kind::KeyReleased => "key.released",
+            Kind::PeerAttested => "peer.attested",
+            Kind::PeerRefused => "peer.refused",
+            Kind::PeerAttestationFailed => "peer.attestation-failed",
+            Kind::PeerLost => "peer.lost",
+            Kind::PeerSaRefused => "peer.sa-refused",
         }
     }
 }
