@@ -138,7 +138,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let policy = crate::policy::PolicyService::start(
         &config.state_dir,
         &config.policy,
-        config.api.listen.port(),
+        // The appliance's own TCP services on the wire: the API and the peers' control channel.
+        std::iter::once(config.api.listen.port())
+            .chain(
+                config
+                    .peering
+                    .iter()
+                    .flat_map(|p| [p.listen.port(), p.port]),
+            )
+            .collect(),
         Arc::clone(&audit),
         tpm.clone(),
     )

@@ -167,7 +167,7 @@ impl PolicyService {
     pub async fn start(
         state_dir: &Path,
         config: &PolicyConfig,
-        api_port: u16,
+        tcp_ports: Vec<u16>,
         audit: Arc<AuditLog>,
         tpm: TpmActor,
     ) -> anyhow::Result<Arc<PolicyService>> {
@@ -176,24 +176,26 @@ impl PolicyService {
         } else {
             Box::new(NoEnforcement)
         };
-        Self::start_with(state_dir, config, api_port, audit, tpm, enforcer).await
+        Self::start_with(state_dir, config, tcp_ports, audit, tpm, enforcer).await
     }
 
     /// [`PolicyService::start`] with a given enforcer.
     pub async fn start_with(
         state_dir: &Path,
         config: &PolicyConfig,
-        api_port: u16,
+        mut tcp_ports: Vec<u16>,
         audit: Arc<AuditLog>,
         tpm: TpmActor,
         enforcer: Box<dyn Enforcer>,
     ) -> anyhow::Result<Arc<PolicyService>> {
+        tcp_ports.sort_unstable();
+        tcp_ports.dedup();
         let dir = state_dir.join("policy");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let wire = config.wire_interface.as_ref().map(|w| WireSettings {
             interface: w.clone(),
             esp_udp_port: config.esp_udp_port,
-            tcp_ports: vec![api_port],
+            tcp_ports,
         });
         let path = dir.join(CURRENT);
         let active = match std::fs::read_to_string(&path) {
@@ -486,7 +488,7 @@ mod tests {
         let service = PolicyService::start_with(
             dir.path(),
             &PolicyConfig::default(),
-            8443,
+            vec![8443],
             Arc::clone(&audit),
             tpm,
             Box::new(Recording(Arc::clone(&installed))),
