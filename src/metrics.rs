@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 
 use crate::api::{ApiError, ApiState};
-use crate::dataplane::metric;
+use crate::dataplane::{label, metric};
 use crate::tls::Caller;
 
 type AppState = std::sync::Arc<ApiState>;
@@ -40,6 +40,40 @@ async fn metrics(State(s): State<AppState>, caller: Caller) -> Result<Response, 
     let _ = writeln!(out, "warden_audit_log_entries {}", s.audit.store().len());
     if let Some(d) = &s.dataplane {
         d.render_metrics(&mut out);
+    }
+    if let Some(p) = s.peering.get() {
+        let peers = p.status();
+        metric(
+            &mut out,
+            "warden_peer_state",
+            "gauge",
+            "The control channel to each peer appliance: 1 for the state it is in.",
+        );
+        for peer in &peers {
+            for state in crate::peering::PeerState::ALL {
+                let _ = writeln!(
+                    out,
+                    "warden_peer_state{{peer=\"{}\",state=\"{}\"}} {}",
+                    label(&peer.node),
+                    state.as_str(),
+                    u8::from(peer.state == state)
+                );
+            }
+        }
+        metric(
+            &mut out,
+            "warden_peer_attested",
+            "gauge",
+            "1 when the peer's evidence verified and its SAs may exist, else 0.",
+        );
+        for peer in &peers {
+            let _ = writeln!(
+                out,
+                "warden_peer_attested{{peer=\"{}\"}} {}",
+                label(&peer.node),
+                u8::from(peer.state == crate::peering::PeerState::Attested)
+            );
+        }
     }
     Ok((
         [(

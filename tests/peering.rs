@@ -258,6 +258,18 @@ async fn peers(node: &Node) -> PeersResponse {
         .unwrap()
 }
 
+async fn metrics(node: &Node) -> String {
+    let (cert, key) = node.operator_cert();
+    let http = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
+    let r = http
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
 async fn audit(node: &Node) -> Vec<serde_json::Value> {
     let (cert, key) = node.operator_cert();
     let http = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
@@ -396,6 +408,23 @@ async fn attested_peers_key_matching_sas_and_recover_from_a_killed_peer() {
         pa.address.as_deref(),
         Some(pair.b_listen.to_string().as_str())
     );
+
+    // Prometheus: the peer's state, for operators only.
+    let text = metrics(&pair.a).await;
+    assert!(
+        text.contains("warden_peer_attested{peer=\"node-b\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("warden_peer_state{peer=\"node-b\",state=\"attested\"} 1"));
+    assert!(text.contains("warden_peer_state{peer=\"node-b\",state=\"refused\"} 0"));
+    let (cert, key) = pair.a.client_cert("warden:tenant:acme");
+    let tenant = warden::tls::client_with_identity(&pair.a.ca(), &cert, &key).unwrap();
+    let denied = tenant
+        .get(format!("{}/metrics", pair.a.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
 
     // Re-attestation runs every 2 s over the open channel and keeps the same SAs.
     let first_at = pa.last_attestation.as_ref().unwrap().at_ms;
