@@ -86,19 +86,7 @@ impl Dataplane {
             },
             key_log,
         ));
-        let mut changes = policy.subscribe();
-        let follower = Arc::clone(&tunnel);
-        tokio::spawn(async move {
-            loop {
-                let active = changes.borrow_and_update().clone();
-                if let Some(a) = active {
-                    follower.set_policy(&a.policy);
-                }
-                if changes.changed().await.is_err() {
-                    break;
-                }
-            }
-        });
+        follow_policy(&tunnel, policy);
         let io = crate::dataplane_io::Io::start(config, esp_port, Arc::clone(&tunnel))?;
         tracing::info!(
             tun = %config.tun,
@@ -212,6 +200,23 @@ impl Dataplane {
         }
         self.io.render_metrics(out);
     }
+}
+
+/// Keep `tunnel` classifying with the policy in force: now and after every apply.
+pub fn follow_policy(tunnel: &Arc<Tunnel>, policy: &PolicyService) {
+    let mut changes = policy.subscribe();
+    let follower = Arc::clone(tunnel);
+    tokio::spawn(async move {
+        loop {
+            let active = changes.borrow_and_update().clone();
+            if let Some(a) = active {
+                follower.set_policy(&a.policy);
+            }
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 fn sa_labels(s: &warden_enforcer::tunnel::SaInfo) -> String {

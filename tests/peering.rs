@@ -258,6 +258,24 @@ async fn peers(node: &Node) -> PeersResponse {
         .unwrap()
 }
 
+/// Wait (10 s at most) until node-a no longer has node-b attested nor any SA with it.
+async fn node_a_drops_node_b(pair: &Pair, what: &str) {
+    until(
+        10,
+        what,
+        || pair.logs(),
+        move || async move {
+            let ra = peers(&pair.a).await;
+            let p = peer(&ra, "node-b")?;
+            if p.state == PeerState::Attested || !p.tenants.is_empty() {
+                return Err(format!("{p:?}"));
+            }
+            Ok(())
+        },
+    )
+    .await;
+}
+
 async fn metrics(node: &Node) -> String {
     let (cert, key) = node.operator_cert();
     let http = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
@@ -461,21 +479,7 @@ async fn attested_peers_key_matching_sas_and_recover_from_a_killed_peer() {
     let pid = pid_of(&pair.b);
     signal("-STOP", &pid);
     let frozen = Instant::now();
-    let pr = &pair;
-    until(
-        10,
-        "node-a drops the frozen node-b",
-        || pr.logs(),
-        move || async move {
-            let ra = peers(&pr.a).await;
-            let p = peer(&ra, "node-b")?;
-            if p.state == PeerState::Attested || !p.tenants.is_empty() {
-                return Err(format!("{p:?}"));
-            }
-            Ok(())
-        },
-    )
-    .await;
+    node_a_drops_node_b(&pair, "node-a drops the frozen node-b").await;
     let silent_for = frozen.elapsed();
     signal("-CONT", &pid);
     eprintln!(
@@ -515,21 +519,7 @@ async fn attested_peers_key_matching_sas_and_recover_from_a_killed_peer() {
     // records peer.lost.
     pair.b.kill9();
     let killed = Instant::now();
-    let pr = &pair;
-    until(
-        10,
-        "node-a drops node-b",
-        || pr.logs(),
-        move || async move {
-            let ra = peers(&pr.a).await;
-            let p = peer(&ra, "node-b")?;
-            if p.state == PeerState::Attested || !p.tenants.is_empty() {
-                return Err(format!("{p:?}"));
-            }
-            Ok(())
-        },
-    )
-    .await;
+    node_a_drops_node_b(&pair, "node-a drops node-b").await;
     let lost_after = killed.elapsed();
     eprintln!(
         "node-b killed -> node-a removed its SAs after {} ms",

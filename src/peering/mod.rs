@@ -275,19 +275,7 @@ pub fn standalone_tunnel(config: &Config, policy: &PolicyService) -> Arc<Tunnel>
         },
         None,
     ));
-    let mut changes = policy.subscribe();
-    let follower = Arc::clone(&tunnel);
-    tokio::spawn(async move {
-        loop {
-            let active = changes.borrow_and_update().clone();
-            if let Some(a) = active {
-                follower.set_policy(&a.policy);
-            }
-            if changes.changed().await.is_err() {
-                break;
-            }
-        }
-    });
+    crate::dataplane::follow_policy(&tunnel, policy);
     tunnel
 }
 
