@@ -140,12 +140,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.policy,
         // The appliance's own TCP services on the wire: the API and the peers' control channel.
         std::iter::once(config.api.listen.port())
-            .chain(
-                config
-                    .peering
-                    .iter()
-                    .flat_map(|p| [p.listen.port(), p.port]),
-            )
+            .chain(config.peering.iter().flat_map(|p| {
+                [p.listen.port(), p.port]
+                    .into_iter()
+                    .chain(p.peers.values().map(|a| a.port()))
+            }))
             .collect(),
         Arc::clone(&audit),
         tpm.clone(),

@@ -360,6 +360,9 @@ fn wire_admits_only_esp_from_appliances_and_the_configured_tcp_ports() {
     let ssh = Server::start(&t.r, v4(R_WIRE, 8444));
     let esp_at_w = udp_bind(w, v4(W_WIRE, 4500));
     let esp_at_other = udp_bind(w, v4(W_OTHER, 4500));
+    let peer_service = Server::start(w, v4(W_WIRE, 8443));
+    let peer_other_port = Server::start(w, v4(W_WIRE, 8444));
+    let other_service = Server::start(w, v4(W_OTHER, 8443));
     // Tenant traffic keeps working next to the wire.
     let tenant = Server::start(&t.b, v4(B_V4, 8080));
 
@@ -389,6 +392,20 @@ fn wire_admits_only_esp_from_appliances_and_the_configured_tcp_ports() {
     assert!(
         !udp_passes(&t.r, IpAddr::V4(R_WIRE), &esp_at_other),
         "ESP to a non-appliance"
+    );
+    // Outbound TCP: to another appliance's service (the peers' control channel) it leaves; to
+    // another port or a non-appliance it does not.
+    assert!(
+        tcp_connects(&t.r, peer_service.addr),
+        "to an appliance's TCP service"
+    );
+    assert!(
+        !tcp_connects(&t.r, peer_other_port.addr),
+        "to another port of an appliance"
+    );
+    assert!(
+        !tcp_connects(&t.r, other_service.addr),
+        "to the service port of a non-appliance"
     );
     assert!(
         tcp_connects(&t.a, tenant.addr),

@@ -14,6 +14,7 @@
 //!        ct state established,related accept
 //!        ip[6] saddr|daddr @appliances_v4|6 udp dport <esp> counter accept   (ESP-in-UDP)
 //!        tcp dport|sport @wire_tcp_ports counter accept                     (own services)
+//!        out: ip[6] daddr @appliances_v4|6 tcp dport @wire_tcp_ports accept (peers' services)
 //!        icmpv6 type 135-136 accept                                          (neighbour discovery)
 //!        counter drop
 //!   chain flows     hook forward prio 0, policy accept:

@@ -169,6 +169,34 @@ pub(crate) fn wire_checks<'a>(
         rules.push(r);
     }
 
+    // Connections this appliance opens to the other appliances' services (the peers' control
+    // channel): `ip daddr @appliances_v4 tcp dport @wire_tcp_ports` out. Their replies pass as
+    // established.
+    if outgoing && !wire.tcp_ports.is_empty() {
+        for ipv6 in [false, true] {
+            let (set, id) = if ipv6 {
+                (names::APPLIANCES_V6, ids.v6)
+            } else {
+                (names::APPLIANCES_V4, ids.v4)
+            };
+            let mut r = Rule::new(chain);
+            comment(&mut r, &format!("wire: TCP services of {set}"));
+            match_family(&mut r, ipv6);
+            load_addr(&mut r, ipv6, true, REG_1);
+            r.add_expr(&Lookup::new(&set_ref(table, set, id)));
+            match_l4proto(&mut r, libc::IPPROTO_TCP as u8);
+            load_port(&mut r, 2, REG_1);
+            r.add_expr(&Lookup::new(&set_ref(
+                table,
+                names::WIRE_TCP_PORTS,
+                ids.ports,
+            )));
+            r.add_expr(&Counter);
+            r.add_expr(&Verdict::Accept);
+            rules.push(r);
+        }
+    }
+
     // IPv6 neighbour discovery (solicitation 135, advertisement 136): without it the wire has
     // no IPv6 at all. Not counted.
     let mut r = Rule::new(chain);
