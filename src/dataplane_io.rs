@@ -22,7 +22,7 @@ use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use warden_enforcer::io::{RecvBatch, Tun, TunQueue, WireSocket, MAX_GSO_SEGMENTS, TUN_BUF_LEN};
 use warden_enforcer::offload::{segment, Coalescer, SegmentBuf, VnetHdr};
-use warden_enforcer::tunnel::{Snapshot, Tunnel};
+use warden_enforcer::tunnel::Tunnel;
 
 use crate::config::DataplaneConfig;
 use crate::dataplane::metric;
@@ -287,21 +287,21 @@ impl Worker {
                     }
                 }
             };
-            let snap = self.tunnel.snapshot();
-            let now = Instant::now();
             if tun_ready {
-                self.host_to_wire(&snap, now);
+                self.host_to_wire();
             }
             if wire_ready {
-                self.wire_to_host(&snap);
+                self.wire_to_host();
             }
         }
     }
 
-    /// Read a burst from the TUN queue, seal and send.
-    fn host_to_wire(&mut self, snap: &Snapshot, now: Instant) {
+    /// Read a burst from the TUN queue, seal and send. The SA tables' snapshot is taken per
+    /// read: an SA installed a moment ago is used for the next packet.
+    fn host_to_wire(&mut self) {
         let Worker {
             id,
+            tunnel,
             queue,
             tx,
             gso,
@@ -324,6 +324,8 @@ impl Worker {
                 }
             };
             stats.tun_rx_packets.fetch_add(1, Ordering::Relaxed);
+            let snap = tunnel.snapshot();
+            let now = Instant::now();
             let Some(read) = tun_buf.get(..n) else {
                 continue;
             };
@@ -395,8 +397,9 @@ impl Worker {
         }
     }
 
-    /// Receive a burst from the wire, open, check and deliver to the host.
-    fn wire_to_host(&mut self, snap: &Snapshot) {
+    /// Receive a burst, open, check and deliver. The snapshot is taken per batch: a packet
+    /// under an SA installed a moment ago (a rekey's new epoch) finds it.
+    fn wire_to_host(&mut self) {
         for _ in 0..BURST {
             match self.rx.recv_batch(&mut self.batch) {
                 Ok(_) => {}
@@ -408,6 +411,7 @@ impl Worker {
                     break;
                 }
             }
+            let snap = self.tunnel.snapshot();
             let Worker {
                 batch,
                 coalescer,

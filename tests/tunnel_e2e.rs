@@ -1066,3 +1066,48 @@ fn with_the_wire_firewall_the_dialer_reaches_its_peer() {
     let wire = assert_wire_carries_only_esp(&capture.stop(), &[PEER_PORT, c.b.node.port]);
     assert!(wire.esp_bytes > data.len(), "{wire:?}");
 }
+
+/// The value of one metric line `name` (exact labels) in a text exposition.
+fn metric_value(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Rekey by packet count under a continuous TCP transfer, through the control channel: the
+/// sender's SAs reach `rekey_after_packets`, it asks the receiver, the receiver installs the
+/// next epoch first and offers it, the sender switches. The stream arrives intact and no
+/// packet meets an expired SA (the hard limit is twice the soft one).
+#[test]
+fn rekeys_by_packet_count_during_a_transfer_lose_nothing() {
+    let test = "rekeys_by_packet_count_during_a_transfer_lose_nothing";
+    // The line before POLICY_SECTION's `[policy]` header belongs to the `[dataplane]` table
+    // the cluster writes just before it.
+    let section = format!("rekey_after_packets = 40000\n{POLICY_SECTION}");
+    let Some(c) = Cluster::start(test, &section, |a, b| policy(1, a, b)) else {
+        return;
+    };
+    c.wait_keyed(60);
+    let data = payload(320 << 20);
+    let (got, took) = tcp_transfer(&c.a.ns, "203.0.113.1", &c.b.ns, "203.0.113.17:5001", &data);
+    assert_eq!(got.len(), data.len(), "{}", c.logs());
+    assert!(got == data, "the stream changed across rekeys");
+    let a = c.a.metrics();
+    let rekeys = metric_value(&a, "warden_dataplane_rekeys_total ").unwrap_or(0.0);
+    assert!(rekeys >= 2.0, "only {rekeys} rekeys:\n{a}");
+    let expired = metric_value(
+        &a,
+        "warden_dataplane_drops_total{direction=\"out\",reason=\"expired\"}",
+    );
+    assert_eq!(expired, Some(0.0), "{a}");
+    let b = c.b.metrics();
+    for reason in ["auth", "replay", "no-sa"] {
+        let line = format!("warden_dataplane_drops_total{{direction=\"in\",reason=\"{reason}\"}}");
+        assert_eq!(metric_value(&b, &line), Some(0.0), "{reason}: {b}");
+    }
+    eprintln!(
+        "320 MiB in {} ms with {rekeys} rekeys by packet count",
+        took.as_millis()
+    );
+}

@@ -153,6 +153,8 @@ pub(super) async fn run(
         snapshot,
     };
     let mut generations = peer.generation.subscribe();
+    // A new snapshot (a policy change, a rekey the data plane asked for) is acted on at once.
+    let mut snapshots = inner.snapshot.subscribe();
     let mut stop = inner.stop.subscribe();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,6 +180,9 @@ pub(super) async fn run(
                 queue.extend(run.job_done(j));
             },
             _ = ticker.tick() => queue.extend(run.tick()),
+            r = snapshots.changed() => if r.is_ok() {
+                queue.extend(run.tick());
+            },
             _ = generations.changed() => if *generations.borrow() != generation {
                 break 'session None;
             },

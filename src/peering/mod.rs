@@ -245,6 +245,8 @@ pub(crate) struct Inner {
     clocks: Mutex<HashMap<(String, Vec<u8>), ClockInfo>>,
     refusals: Mutex<HashMap<String, Refusal>>,
     stop: watch::Sender<bool>,
+    /// Woken by the data plane when an outbound SA reaches a soft limit.
+    rekey_now: Arc<tokio::sync::Notify>,
 }
 
 /// The control-channel service of one appliance.
@@ -313,7 +315,10 @@ impl PeerService {
             clocks: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
             stop: watch::Sender::new(false),
+            rekey_now: Arc::new(tokio::sync::Notify::new()),
         });
+        let wake = Arc::clone(&inner.rekey_now);
+        inner.tunnel.on_rekey_wanted(move || wake.notify_one());
         inner.manage_once();
         tokio::spawn(conn::listen(Arc::clone(&inner), listener));
         tokio::spawn(manage(Arc::clone(&inner)));
@@ -414,7 +419,8 @@ impl PeerService {
     }
 }
 
-/// The manager: every [`MANAGE_EVERY`] (and at each policy change), rebuild the snapshot and
+/// The manager: every [`MANAGE_EVERY`] (and at each policy change, and as soon as the data
+/// plane asks for a rekey), rebuild the snapshot and
 /// start, keep or retire one entry per peer of the policy in force.
 async fn manage(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
@@ -422,6 +428,7 @@ async fn manage(inner: Arc<Inner>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(MANAGE_EVERY) => {}
+            () = inner.rekey_now.notified() => {}
             r = changes.changed() => if r.is_err() { break },
             _ = stop.changed() => break,
         }

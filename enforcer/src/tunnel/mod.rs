@@ -266,6 +266,7 @@ pub struct Snapshot {
     /// By slot: the SA and the (peer node, tenant) indices it resolves to in the policy.
     inbound: Vec<Option<ResolvedIn>>,
     counters: Arc<Counters>,
+    rekey_signal: Arc<RekeySignal>,
 }
 
 /// Drop counters by direction and reason.
@@ -326,7 +327,11 @@ pub struct Tunnel {
     counters: Arc<Counters>,
     key_log: Option<Mutex<Box<dyn Write + Send>>>,
     rekeys: AtomicU64,
+    rekey_signal: Arc<RekeySignal>,
 }
+
+/// Called (from a data-path thread) when an outbound SA first asks for a rekey.
+type RekeySignal = std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>;
 
 impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -348,11 +353,13 @@ impl Tunnel {
     pub fn new(mut config: TunnelConfig, key_log: Option<Box<dyn Write + Send>>) -> Tunnel {
         config.workers = config.workers.clamp(1, MAX_WORKERS);
         let counters = Arc::new(Counters::default());
+        let rekey_signal = Arc::new(RekeySignal::new());
         let snapshot = Arc::new(Snapshot {
             policy: None,
             out: HashMap::new(),
             inbound: Vec::new(),
             counters: Arc::clone(&counters),
+            rekey_signal: Arc::clone(&rekey_signal),
         });
         Tunnel {
             config,
@@ -364,6 +371,7 @@ impl Tunnel {
             counters,
             key_log: key_log.map(Mutex::new),
             rekeys: AtomicU64::new(0),
+            rekey_signal,
         }
     }
 
@@ -377,6 +385,14 @@ impl Tunnel {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Call `f` whenever an outbound SA first reaches a soft limit, so the control channel
+    /// rekeys at once instead of at its next poll of [`Tunnel::rekey_wanted`]. `f` runs on a
+    /// data-path thread: it must only signal (e.g. `tokio::sync::Notify::notify_one`). Only the
+    /// first call has an effect.
+    pub fn on_rekey_wanted(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.rekey_signal.set(Box::new(f));
     }
 
     /// Outbound SAs replaced by a newer epoch since start.
@@ -677,6 +693,7 @@ impl Tunnel {
             out,
             inbound,
             counters: Arc::clone(&self.counters),
+            rekey_signal: Arc::clone(&self.rekey_signal),
         });
         *self
             .snapshot
@@ -748,8 +765,13 @@ impl Snapshot {
         let len =
             s.sa.seal(inner, flow.next_header, out)
                 .map_err(Drop::from)?;
-        if s.sa.wants_rekey() {
-            sa.rekey.store(true, Ordering::Relaxed);
+        if s.sa.wants_rekey()
+            && !sa.rekey.load(Ordering::Relaxed)
+            && !sa.rekey.swap(true, Ordering::Relaxed)
+        {
+            if let Some(signal) = self.rekey_signal.get() {
+                signal();
+            }
         }
         Ok(Sealed {
             len,

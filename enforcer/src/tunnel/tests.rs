@@ -299,6 +299,11 @@ fn rekey_is_make_before_break() {
         ..Limits::default()
     };
     let a = tunnel("node-a", 1, limits);
+    let signals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&signals);
+    a.on_rekey_wanted(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
     let b = tunnel("node-b", 1, Limits::default());
     let base1 = b.add_inbound("node-a", "acme", 1, keys(1, 1)).unwrap();
     a.set_outbound("node-b", "acme", 1, base1, keys(1, 1), Instant::now())
@@ -312,6 +317,7 @@ fn rekey_is_make_before_break() {
         a.rekey_wanted(Instant::now()),
         vec![("node-b".to_string(), "acme".to_string())]
     );
+    assert_eq!(signals.load(std::sync::atomic::Ordering::Relaxed), 1);
     // The receiver installs epoch 2 first; the sender switches; in-flight epoch-1 packets
     // still open until the receiver removes epoch 1.
     let base2 = b.add_inbound("node-a", "acme", 2, keys(1, 2)).unwrap();
