@@ -16,12 +16,14 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::capture::{tcpdump_or_skip, Capture};
 use warden::config::DataplaneConfig;
 use warden::dataplane_io::Io;
 use warden_enforcer::esp::{Engine, Limits, Outbound, SaKeys};
@@ -287,38 +289,6 @@ fn nix_tcp_connect(src: SocketAddr, dst: SocketAddr) -> TcpStream {
     s
 }
 
-/// tcpdump on B's wire interface, into a pcap file.
-struct Capture {
-    child: std::process::Child,
-    file: tempfile::NamedTempFile,
-}
-
-impl Capture {
-    fn start(ns: &Netns) -> Capture {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let child = warden_testkit::command_in(ns.name())
-            .args(["tcpdump", "-i", "wire", "-U", "-s", "0", "-w"])
-            .arg(file.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tcpdump (scripts/deps.sh installs it)");
-        // tcpdump needs a moment to open the interface.
-        std::thread::sleep(Duration::from_millis(700));
-        Capture { child, file }
-    }
-
-    fn stop(mut self) -> Vec<u8> {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.child.wait();
-        std::fs::read(self.file.path()).unwrap()
-    }
-}
-
 /// The IPv4 packets of an Ethernet pcap: (protocol, src port, dst port) per packet.
 fn ipv4_packets(pcap: &[u8]) -> Vec<(u8, u16, u16)> {
     assert!(pcap.len() >= 24, "not a pcap");
@@ -349,17 +319,6 @@ fn ipv4_packets(pcap: &[u8]) -> Vec<(u8, u16, u16)> {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn tcpdump_or_skip(test: &str) -> bool {
-    if Path::new("/usr/bin/tcpdump").exists() || Path::new("/usr/sbin/tcpdump").exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: tcpdump is missing (scripts/deps.sh installs it)");
-    }
-    eprintln!("{test}: skipped, tcpdump is missing");
-    false
 }
 
 #[test]

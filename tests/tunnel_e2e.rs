@@ -33,6 +33,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use cli::text;
+use support::capture::{tcpdump_or_skip, Capture};
 use support::{tools_or_skip, Node};
 use warden::peering::{PeerState, PeerStatus, PeersResponse, TenantSas};
 use warden_attest::sealed::PolicyAuthority;
@@ -423,18 +424,6 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
-fn tcpdump_or_skip(test: &str) -> bool {
-    if Path::new("/usr/bin/tcpdump").exists() || Path::new("/usr/sbin/tcpdump").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: tcpdump is missing (scripts/deps.sh installs it)"
-    );
-    eprintln!("{test}: skipped, tcpdump is missing");
-    false
-}
-
 /// Poll `check` every 100 ms until it gives `Ok`, for at most `secs`; panics with its last
 /// complaint and `context()`.
 fn until<T>(
@@ -643,48 +632,6 @@ fn udp_echo(from: &Netns, src: &str, to: &Netns, dst: &str, count: u8) {
             .recv_from(&mut buf)
             .unwrap_or_else(|e| panic!("the echo of datagram {i} did not arrive: {e}"));
         assert_eq!(&buf[..n], &msg[..]);
-    }
-}
-
-/// tcpdump on a namespace's wire interface, into a pcap file.
-struct Capture {
-    child: std::process::Child,
-    file: tempfile::NamedTempFile,
-}
-
-impl Capture {
-    fn start(ns: &Netns) -> Capture {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let child = warden_testkit::command_in(ns.name())
-            .args([
-                "tcpdump", "-i", "wire", "-U", "-s", "0", "-B", "65536", "-w",
-            ])
-            .arg(file.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tcpdump (scripts/deps.sh installs it)");
-        // tcpdump needs a moment to open the interface.
-        std::thread::sleep(Duration::from_millis(700));
-        Capture { child, file }
-    }
-
-    fn stop(mut self) -> Vec<u8> {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.child.wait();
-        std::fs::read(self.file.path()).unwrap()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        // Only if stop() was not reached (a failed assertion): do not leave tcpdump behind.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

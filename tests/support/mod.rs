@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use warden_testkit::Swtpm;
 
+pub mod capture;
 pub mod workload;
 
 /// One appliance: swtpm + wardend.
