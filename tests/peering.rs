@@ -836,3 +836,55 @@ async fn rekeys_move_the_epoch_forward_and_retire_the_old_sa_after_the_grace_per
     assert!(of_kind(&log_a, "peer.lost").is_empty(), "{log_a:#?}");
     assert_eq!(of_kind(&log_a, "peer.attested").len(), 1);
 }
+
+/// A peer that fails a periodic re-attestation loses its SAs within one interval and the
+/// failure is audited: node-a's policy changes under a running channel to reference values
+/// node-b no longer meets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_re_attestation_removes_the_peers_sas_within_one_interval() {
+    if !tools_or_skip() {
+        return;
+    }
+    let pair = Pair::start("");
+    let text = policy(1, &pair.ref_a, &pair.ref_b);
+    apply_policy(&pair.a, &text, "policy.toml");
+    apply_policy(&pair.b, &text, "policy.toml");
+    let pr = &pair;
+    until(
+        60,
+        "keyed",
+        || pr.logs(),
+        move || async move {
+            let (ra, rb) = both(pr).await;
+            keyed(&ra, &rb)
+        },
+    )
+    .await;
+
+    let mut wrong_b = pair.ref_b.clone();
+    let pcrs = wrong_b["pcrs"].as_table_mut().unwrap();
+    let first = pcrs.keys().next().unwrap().clone();
+    pcrs.insert(first, toml::Value::String("11".repeat(32)));
+    apply_policy(&pair.a, &policy(2, &pair.ref_a, &wrong_b), "policy-v2.toml");
+    let changed = Instant::now();
+    node_a_drops_node_b(&pair, "node-a drops node-b at its next re-attestation").await;
+    let took = changed.elapsed();
+    eprintln!(
+        "policy changed -> node-b's SAs removed after {} ms",
+        took.as_millis()
+    );
+    // One re-attestation interval, plus the answer's deadline and the session's tick; the
+    // slack is for a loaded machine, not a speed claim.
+    assert!(
+        took <= Duration::from_secs_f64(2.0 * REATTEST + 2.0),
+        "{took:?}"
+    );
+    let log_a = audit(&pair.a).await;
+    let failed = of_kind(&log_a, "peer.attestation-failed");
+    assert!(!failed.is_empty(), "{log_a:#?}");
+    assert!(
+        failed[0].to_string().contains("reference-values"),
+        "{:?}",
+        failed[0]
+    );
+}
