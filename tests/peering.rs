@@ -258,6 +258,20 @@ async fn peers(node: &Node) -> PeersResponse {
         .unwrap()
 }
 
+/// Wait (60 s at most) until both sides are attested with matching SAs; their statuses.
+async fn wait_keyed(pair: &Pair, what: &str) -> (PeersResponse, PeersResponse) {
+    until(
+        60,
+        what,
+        || pair.logs(),
+        move || async move {
+            let (ra, rb) = both(pair).await;
+            keyed(&ra, &rb).map(|_| (ra, rb))
+        },
+    )
+    .await
+}
+
 /// Wait (10 s at most) until node-a no longer has node-b attested nor any SA with it.
 async fn node_a_drops_node_b(pair: &Pair, what: &str) {
     until(
@@ -393,17 +407,7 @@ async fn attested_peers_key_matching_sas_and_recover_from_a_killed_peer() {
     apply_policy(&pair.a, &text, "policy.toml");
     apply_policy(&pair.b, &text, "policy.toml");
     let applied = Instant::now();
-    let pr = &pair;
-    let (ra, rb) = until(
-        60,
-        "both attested and keyed",
-        || pr.logs(),
-        move || async move {
-            let (ra, rb) = both(pr).await;
-            keyed(&ra, &rb).map(|_| (ra, rb))
-        },
-    )
-    .await;
+    let (ra, rb) = wait_keyed(&pair, "both attested and keyed").await;
     let (pa, pb) = (peer(&ra, "node-b").unwrap(), peer(&rb, "node-a").unwrap());
     // Lexical order decides who dials.
     eprintln!(
@@ -503,17 +507,7 @@ async fn attested_peers_key_matching_sas_and_recover_from_a_killed_peer() {
         "{:?}",
         lost[0]
     );
-    let pr = &pair;
-    until(
-        60,
-        "keyed again after the thaw",
-        || pr.logs(),
-        move || async move {
-            let (ra, rb) = both(pr).await;
-            keyed(&ra, &rb)
-        },
-    )
-    .await;
+    wait_keyed(&pair, "keyed again after the thaw").await;
 
     // kill -9 node-b: node-a removes its SAs at once (the kernel closes the connection) and
     // records peer.lost.
@@ -537,17 +531,7 @@ async fn attested_peers_key_matching_sas_and_recover_from_a_killed_peer() {
     // Restarted, node-b gets fresh SAs without anyone doing anything.
     let restarted = Instant::now();
     pair.b.start_again();
-    let pr = &pair;
-    until(
-        60,
-        "keyed again after the restart",
-        || pr.logs(),
-        move || async move {
-            let (ra, rb) = both(pr).await;
-            keyed(&ra, &rb)
-        },
-    )
-    .await;
+    wait_keyed(&pair, "keyed again after the restart").await;
     eprintln!(
         "node-b restarted -> keyed again after {} ms (wardend start included)",
         restarted.elapsed().as_millis()
@@ -705,17 +689,7 @@ async fn a_peer_failing_its_reference_values_is_refused_until_fixed_and_impostor
     let fixed = policy(2, &pair.ref_a, &pair.ref_b);
     apply_policy(&pair.a, &fixed, "policy-v2.toml");
     apply_policy(&pair.b, &fixed, "policy-v2.toml");
-    let pr = &pair;
-    until(
-        60,
-        "keyed after the fix",
-        || pr.logs(),
-        move || async move {
-            let (ra, rb) = both(pr).await;
-            keyed(&ra, &rb)
-        },
-    )
-    .await;
+    wait_keyed(&pair, "keyed after the fix").await;
 
     // Impostors: node-c's genuine certificate (same CA) claiming to be node-a, and claiming
     // to be itself (not in the policy). node-b refuses both, says why, and keeps node-a.
@@ -764,17 +738,7 @@ async fn rekeys_move_the_epoch_forward_and_retire_the_old_sa_after_the_grace_per
     let text = policy(1, &pair.ref_a, &pair.ref_b);
     apply_policy(&pair.a, &text, "policy.toml");
     apply_policy(&pair.b, &text, "policy.toml");
-    let pr = &pair;
-    until(
-        60,
-        "keyed",
-        || pr.logs(),
-        move || async move {
-            let (ra, rb) = both(pr).await;
-            keyed(&ra, &rb)
-        },
-    )
-    .await;
+    wait_keyed(&pair, "keyed").await;
 
     // Watch node-b's inbound SAs from node-a: a new epoch appears next to the old one
     // (make before break), then the old one goes after the grace period.
@@ -849,17 +813,7 @@ async fn a_failed_re_attestation_removes_the_peers_sas_within_one_interval() {
     let text = policy(1, &pair.ref_a, &pair.ref_b);
     apply_policy(&pair.a, &text, "policy.toml");
     apply_policy(&pair.b, &text, "policy.toml");
-    let pr = &pair;
-    until(
-        60,
-        "keyed",
-        || pr.logs(),
-        move || async move {
-            let (ra, rb) = both(pr).await;
-            keyed(&ra, &rb)
-        },
-    )
-    .await;
+    wait_keyed(&pair, "keyed").await;
 
     let mut wrong_b = pair.ref_b.clone();
     let pcrs = wrong_b["pcrs"].as_table_mut().unwrap();
