@@ -153,6 +153,29 @@ impl Classifier {
         }
     }
 
+    /// The rule that allows `proto`/`dst_port` from segment `s` to segment `d`, if any, for
+    /// callers that have looked the segments up already ([`Classifier::segment_of`]).
+    /// `ipv6`: the packet's family (ICMP is protocol 1 for IPv4, 58 for IPv6).
+    pub fn rule_between(
+        &self,
+        s: usize,
+        d: usize,
+        proto: u8,
+        dst_port: u16,
+        ipv6: bool,
+    ) -> Option<usize> {
+        self.pairs.get(&(s, d)).and_then(|p| {
+            let specific = match proto {
+                IPPROTO_TCP => port_lookup(&p.tcp, dst_port),
+                IPPROTO_UDP => port_lookup(&p.udp, dst_port),
+                IPPROTO_ICMP if !ipv6 => p.icmp,
+                IPPROTO_ICMPV6 if ipv6 => p.icmp,
+                _ => None,
+            };
+            specific.or(p.any)
+        })
+    }
+
     /// Classify one packet. `proto` is the IP protocol number; `dst_port` is ignored unless
     /// it is TCP or UDP.
     pub fn classify(&self, src: IpAddr, dst: IpAddr, proto: u8, dst_port: u16) -> Verdict {
@@ -162,16 +185,7 @@ impl Classifier {
         let Some(d) = self.segment_of(dst) else {
             return Verdict::Deny(DenyReason::UnknownDestination);
         };
-        let rule = self.pairs.get(&(s, d)).and_then(|p| {
-            let specific = match proto {
-                IPPROTO_TCP => port_lookup(&p.tcp, dst_port),
-                IPPROTO_UDP => port_lookup(&p.udp, dst_port),
-                IPPROTO_ICMP if src.is_ipv4() => p.icmp,
-                IPPROTO_ICMPV6 if src.is_ipv6() => p.icmp,
-                _ => None,
-            };
-            specific.or(p.any)
-        });
+        let rule = self.rule_between(s, d, proto, dst_port, src.is_ipv6());
         match rule {
             Some(rule) => Verdict::Allow(Allow {
                 tenant: self.segment_tenant.get(s).copied().unwrap_or(usize::MAX),

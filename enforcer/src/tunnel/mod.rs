@@ -26,9 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use warden_policy::Classifier;
 use warden_policy::Policy;
-use warden_policy::{Classifier, Verdict};
 
+use crate::esp::sa::NEXT_IPV6;
 use crate::esp::{Engine, EspError, Inbound, Limits, Outbound, ReplayError, SaKeys};
 pub use keying::{derive_sa_keys, KeyingError};
 pub use packet::Flow;
@@ -199,8 +200,14 @@ impl PolicyView {
     /// stateless, so a reply is recognized by its shape: for TCP, no SYN without ACK, so the
     /// answering side can never open a connection the rules do not allow. (nftables adds full
     /// connection tracking on the host side; docs/dataplane.md.)
-    fn allows(&self, f: &Flow) -> bool {
-        if let Verdict::Allow(_) = self.classifier.classify(f.src, f.dst, f.proto, f.dst_port) {
+    /// `src` and `dst` are the packet's segments, looked up once by the caller.
+    fn allows(&self, f: &Flow, src: usize, dst: usize) -> bool {
+        let ipv6 = f.next_header == NEXT_IPV6;
+        if self
+            .classifier
+            .rule_between(src, dst, f.proto, f.dst_port, ipv6)
+            .is_some()
+        {
             return true;
         }
         if f.proto == packet::TCP && f.tcp_flags & (packet::SYN | packet::ACK) == packet::SYN {
@@ -209,10 +216,9 @@ impl PolicyView {
         if (f.proto == packet::TCP || f.proto == packet::UDP) && f.src_port == 0 {
             return false;
         }
-        matches!(
-            self.classifier.classify(f.dst, f.src, f.proto, f.src_port),
-            Verdict::Allow(_)
-        )
+        self.classifier
+            .rule_between(dst, src, f.proto, f.src_port, ipv6)
+            .is_some()
     }
 }
 
@@ -738,15 +744,15 @@ impl Snapshot {
         if policy.local.is_none() || policy.segment_node(src) != policy.local {
             return Err(Drop::Source);
         }
-        let peer = match policy
+        let dst = policy
             .classifier
             .segment_of(flow.dst)
-            .and_then(|d| policy.segment_node(d))
-        {
+            .ok_or(Drop::NoRoute)?;
+        let peer = match policy.segment_node(dst) {
             Some(n) if Some(n) != policy.local => n,
             _ => return Err(Drop::NoRoute),
         };
-        if !policy.allows(&flow) {
+        if !policy.allows(&flow, src, dst) {
             return Err(Drop::Policy);
         }
         let tenant = policy
@@ -827,14 +833,14 @@ impl Snapshot {
         if policy.segment_tenant.get(src).copied() != Some(tenant) {
             return Err(Drop::Source);
         }
-        let dst_node = policy
+        let dst = policy
             .classifier
             .segment_of(flow.dst)
-            .and_then(|d| policy.segment_node(d));
-        if policy.local.is_none() || dst_node != policy.local {
+            .ok_or(Drop::NoRoute)?;
+        if policy.local.is_none() || policy.segment_node(dst) != policy.local {
             return Err(Drop::NoRoute);
         }
-        if !policy.allows(&flow) {
+        if !policy.allows(&flow, src, dst) {
             return Err(Drop::Policy);
         }
         Ok(Delivered {
