@@ -19,10 +19,12 @@
 mod ak;
 mod ek;
 pub mod forge;
+mod nv;
 mod pcr;
 mod seal;
 
 pub use ek::EK_CERT_INDICES;
+pub use nv::MAX_SVN_STEP;
 pub use pcr::{MAX_EXTRA_DATA, PCR_COUNT};
 pub use seal::SealError;
 
