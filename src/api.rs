@@ -64,6 +64,8 @@ pub struct ApiState {
     /// The control channel to the peer appliances, when `[peering]` is configured (set once
     /// the service has started; it needs this state for evidence).
     pub peering: std::sync::OnceLock<Arc<crate::peering::PeerService>>,
+    /// Signed firmware updates, when `[updates]` is configured.
+    pub updates: Option<Arc<crate::updates::UpdateService>>,
 }
 
 type AppState = Arc<ApiState>;
@@ -154,6 +156,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     .chain(crate::keys_api::routes())
     .chain(crate::metrics::routes())
     .chain(crate::peering_api::routes())
+    .chain(crate::updates::api::routes())
     .collect()
 }
 

@@ -21,6 +21,9 @@ use toml::Spanned;
 
 use crate::logging::{self, LogFormat};
 
+mod updates;
+pub use updates::{Clock, UpdatesConfig, CRASH_STEPS};
+
 /// Number of PCRs of a PC-client TPM 2.0 (TCG PC Client Platform TPM Profile, §4.6.1).
 pub const PCR_COUNT: u8 = 24;
 /// `[tpm] appliance_pcr` when absent.
@@ -65,6 +68,8 @@ pub struct Config {
     /// `[peering]`: the attested control channel to the other appliances; `None` when the
     /// section is absent.
     pub peering: Option<PeeringConfig>,
+    /// `[updates]`: signed firmware updates; `None` when the section is absent.
+    pub updates: Option<UpdatesConfig>,
 }
 
 /// `[dataplane]`: the TUN device, crypto engine, workers and rekey limits (docs/dataplane.md).
@@ -341,6 +346,8 @@ struct RawConfig {
     dataplane: Option<RawDataplane>,
     #[serde(default)]
     peering: Option<RawPeering>,
+    #[serde(default)]
+    updates: Option<updates::RawUpdates>,
 }
 
 #[derive(Deserialize)]
@@ -504,6 +511,10 @@ impl Validator<'_> {
             production: raw.production,
             dataplane,
             peering: raw.peering.map(|p| self.peering(p)).transpose()?,
+            updates: raw
+                .updates
+                .map(|u| self.updates(u, raw.production))
+                .transpose()?,
             audit: AuditConfig {
                 syslog: raw
                     .audit
@@ -1373,7 +1384,7 @@ mod locate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const FILE: &str = "/etc/warden/wardend.toml";
@@ -1402,7 +1413,7 @@ client_ca = "tls/clients-ca.crt"
 max_body_bytes = 4096
 "#;
 
-    const MINIMAL: &str = r#"
+    pub(super) const MINIMAL: &str = r#"
 name = "node-a"
 state_dir = "/var/lib/warden"
 

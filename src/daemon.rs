@@ -179,6 +179,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
             .await?;
     }
+    // The boot loader's part: choose and measure the firmware slot before anything runs on it.
+    let updates = match &config.updates {
+        Some(u) => {
+            let (u, dir, t, a) = (
+                u.clone(),
+                config.state_dir.clone(),
+                tpm.clone(),
+                Arc::clone(&audit),
+            );
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    crate::updates::UpdateService::start(&u, &dir, t, a)
+                })
+                .await??,
+            )
+        }
+        None => None,
+    };
     let dataplane = match &config.dataplane {
         Some(d) => Some(crate::dataplane::Dataplane::start(
             d,
@@ -210,6 +228,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         export: exporter.as_ref().map(Exporter::status),
         name: config.name.clone(),
         peering: std::sync::OnceLock::new(),
+        updates,
     });
     // The control channel keys the data plane's tunnel; without `[dataplane]`, a tunnel of
     // its own that carries no packets.

@@ -27,5 +27,7 @@ pub mod peering_api;
 pub mod policy;
 pub mod policy_api;
 pub mod policy_client;
+pub mod update_client;
+pub mod updates;
 pub mod vault;
 pub mod wire;

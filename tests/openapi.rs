@@ -25,7 +25,7 @@ fn every_route_is_documented_and_every_documented_route_is_served() {
         .collect();
     let served: BTreeSet<(String, String)> = warden::api::routes()
         .into_iter()
-        .map(|(m, p, _)| (m.to_string(), p.to_owned()))
+        .map(|(m, p, _)| (m.to_string(), p.replace("{*", "{")))
         .collect();
     assert!(!served.is_empty());
     let undocumented: Vec<_> = served.difference(&documented).collect();

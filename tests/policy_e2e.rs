@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use cli::{capture_reference, text, wardctl};
-use support::{tools_or_skip, Node};
-use warden_attest::binding::Nonce;
+use support::{appliance_events, audit_kinds, tools_or_skip, Node};
 
 const EXAMPLE: &str = include_str!("../policy/tests/data/example.toml");
 
@@ -62,54 +61,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-async fn audit_kinds(node: &Node) -> Vec<(String, serde_json::Value)> {
-    let (cert, key) = node.operator_cert();
-    let http = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
-    let page: warden::audit_api::EntriesResponse = http
-        .get(format!("{}/v1/audit/entries?start=0", node.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page.entries
-        .iter()
-        .map(|e| {
-            let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
-            (v["kind"].as_str().unwrap().to_owned(), v)
-        })
-        .collect()
-}
-
-/// The appliance events in fresh evidence.
-async fn appliance_events(node: &Node) -> Vec<(String, String)> {
-    use base64::Engine as _;
-    let http = warden::tls::client(&node.ca()).unwrap();
-    let nonce =
-        base64::engine::general_purpose::STANDARD.encode(Nonce::random().unwrap().as_bytes());
-    let ev: serde_json::Value = http
-        .post(format!("{}/v1/attestation", node.url()))
-        .json(&serde_json::json!({ "nonce": nonce }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ev["appliance_log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["kind"].as_str().unwrap().to_owned(),
-                e["detail"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -102,6 +102,26 @@ pub enum Kind {
     /// version is missing here).
     #[serde(rename = "peer.sa-refused")]
     PeerSaRefused,
+    /// An operator published update files to the appliance's inbox (file, size).
+    #[serde(rename = "update.published")]
+    UpdatePublished,
+    /// A release passed every check and was written to a slot, to boot on trial next.
+    #[serde(rename = "update.staged")]
+    UpdateStaged,
+    /// An update attempt was refused, with the named reason (expired, threshold, rollback,
+    /// below-floor, tampered-image, …) and the detail.
+    #[serde(rename = "update.refused")]
+    UpdateRefused,
+    /// A slot booted (trial or committed), after its measurement was extended.
+    #[serde(rename = "update.booted")]
+    UpdateBooted,
+    /// A slot could not boot (failed trial, bad image, below the floor) and the appliance fell
+    /// back to the other slot, or to none.
+    #[serde(rename = "update.fallback")]
+    UpdateFallback,
+    /// A trial slot was marked good and the TPM security floor raised to its SVN.
+    #[serde(rename = "update.committed")]
+    UpdateCommitted,
 }
 
 impl Kind {
@@ -140,6 +160,12 @@ impl Kind {
             Kind::PeerAttestationFailed => "peer.attestation-failed",
             Kind::PeerLost => "peer.lost",
             Kind::PeerSaRefused => "peer.sa-refused",
+            Kind::UpdatePublished => "update.published",
+            Kind::UpdateStaged => "update.staged",
+            Kind::UpdateRefused => "update.refused",
+            Kind::UpdateBooted => "update.booted",
+            Kind::UpdateFallback => "update.fallback",
+            Kind::UpdateCommitted => "update.committed",
         }
     }
 }

@@ -104,6 +104,230 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Signed firmware updates on an appliance (docs/updates.md; operator certificate).
+    Update {
+        #[command(subcommand)]
+        command: UpdateCommand,
+    },
+    /// The release signing tool: keys, repository, releases (docs/updates.md).
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UpdateCommand {
+    /// Upload a release repository (metadata and images) to the appliance's update inbox.
+    Publish {
+        /// The repository directory (`wardctl release init|add` write it).
+        repo: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
+    /// Verify the published release and write it to the free slot; it boots on trial at the
+    /// next start.
+    Stage {
+        /// A target by name (default: the highest SVN for the appliance's component).
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
+    /// Slots, the TPM security floor, trusted metadata.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
+    /// Mark the slot running on trial good and raise the TPM floor to its SVN.
+    Commit {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReleaseCommand {
+    /// Generate signing keys for the four roles (k-of-n per role).
+    Keygen {
+        /// Directory for the keys (created; must not hold keys yet).
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long, default_value = "ed25519")]
+        algorithm: String,
+        /// Root keys and threshold, as N:K (e.g. 3:2).
+        #[arg(long, default_value = "1:1")]
+        root: String,
+        #[arg(long, default_value = "1:1")]
+        timestamp: String,
+        #[arg(long, default_value = "1:1")]
+        snapshot: String,
+        #[arg(long, default_value = "1:1")]
+        targets: String,
+    },
+    /// Start a repository: sign root version 1.
+    Init {
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        repo: PathBuf,
+        /// Days until the root expires.
+        #[arg(long, default_value_t = 365)]
+        expires_days: i64,
+    },
+    /// Sign a release: add the image as a target and publish new targets, snapshot and
+    /// timestamp metadata.
+    Add {
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        repo: PathBuf,
+        /// The image file.
+        #[arg(long)]
+        image: PathBuf,
+        /// Target name (letters, digits, `._-`, `/` between segments).
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        hardware_id: String,
+        #[arg(long, default_value = "firmware")]
+        component: String,
+        /// Security version number: the anti-rollback floor after commit.
+        #[arg(long)]
+        svn: u64,
+        /// Release version, for people.
+        #[arg(long)]
+        release: String,
+        #[arg(long, default_value_t = 90)]
+        expires_days: i64,
+        #[arg(long, default_value_t = 7)]
+        timestamp_expires_days: i64,
+    },
+    /// Re-sign the timestamp only (keep a repository fresh).
+    Timestamp {
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        expires_days: i64,
+    },
+    /// Write the next root version for new keys, signed by the old and the new root keys.
+    RotateRoot {
+        #[arg(long)]
+        old_keys: PathBuf,
+        #[arg(long)]
+        new_keys: PathBuf,
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        expires_days: i64,
+    },
+}
+
+fn threshold_arg(role: &str, v: &str) -> anyhow::Result<(usize, u32)> {
+    let (n, k) = v
+        .split_once(':')
+        .with_context(|| format!("--{role} {v:?}: use N:K, e.g. 3:2"))?;
+    Ok((
+        n.parse()
+            .with_context(|| format!("--{role} {v:?}: N is not a number"))?,
+        k.parse()
+            .with_context(|| format!("--{role} {v:?}: K is not a number"))?,
+    ))
+}
+
+async fn update(command: UpdateCommand) -> anyhow::Result<ExitCode> {
+    use warden::update_client as uc;
+    let http = |conn: &Conn, cert: &ClientCert| {
+        warden::tls::client_with_identity(&conn.ca, &cert.cert, &cert.key)
+    };
+    match command {
+        UpdateCommand::Publish { repo, conn, cert } => {
+            uc::publish(&http(&conn, &cert)?, conn.url.trim_end_matches('/'), &repo).await
+        }
+        UpdateCommand::Stage { target, conn, cert } => {
+            uc::stage(&http(&conn, &cert)?, conn.url.trim_end_matches('/'), target).await
+        }
+        UpdateCommand::Status { json, conn, cert } => {
+            uc::status(&http(&conn, &cert)?, conn.url.trim_end_matches('/'), json).await
+        }
+        UpdateCommand::Commit { conn, cert } => {
+            uc::commit(&http(&conn, &cert)?, conn.url.trim_end_matches('/')).await
+        }
+    }
+}
+
+fn release(command: ReleaseCommand) -> anyhow::Result<ExitCode> {
+    use warden::update_client as uc;
+    match command {
+        ReleaseCommand::Keygen {
+            keys,
+            algorithm,
+            root,
+            timestamp,
+            snapshot,
+            targets,
+        } => uc::keygen(
+            &keys,
+            &algorithm,
+            [
+                threshold_arg("root", &root)?,
+                threshold_arg("timestamp", &timestamp)?,
+                threshold_arg("snapshot", &snapshot)?,
+                threshold_arg("targets", &targets)?,
+            ],
+        ),
+        ReleaseCommand::Init {
+            keys,
+            repo,
+            expires_days,
+        } => uc::init(&keys, &repo, expires_days),
+        ReleaseCommand::Add {
+            keys,
+            repo,
+            image,
+            name,
+            hardware_id,
+            component,
+            svn,
+            release,
+            expires_days,
+            timestamp_expires_days,
+        } => uc::add(
+            &keys,
+            &repo,
+            &image,
+            &name,
+            &hardware_id,
+            &component,
+            svn,
+            &release,
+            expires_days,
+            timestamp_expires_days,
+        ),
+        ReleaseCommand::Timestamp {
+            keys,
+            repo,
+            expires_days,
+        } => uc::refresh_timestamp(&keys, &repo, expires_days),
+        ReleaseCommand::RotateRoot {
+            old_keys,
+            new_keys,
+            repo,
+            expires_days,
+        } => uc::rotate_root(&old_keys, &new_keys, &repo, expires_days),
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -355,6 +579,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => audit(command).await,
         Command::Policy { command } => policy(command).await,
         Command::Keys { command } => keys(command).await,
+        Command::Update { command } => update(command).await,
+        Command::Release { command } => release(command),
         Command::Attest {
             conn,
             reference,

@@ -268,6 +268,55 @@ impl Drop for Node {
     }
 }
 
+/// Every audit entry's kind and JSON, through the operator's audit API.
+pub async fn audit_kinds(node: &Node) -> Vec<(String, serde_json::Value)> {
+    let (cert, key) = node.operator_cert();
+    let http = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
+    let page: warden::audit_api::EntriesResponse = http
+        .get(format!("{}/v1/audit/entries?start=0", node.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page.entries
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+            (v["kind"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}
+
+/// The appliance events in fresh evidence.
+pub async fn appliance_events(node: &Node) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    let http = warden::tls::client(&node.ca()).unwrap();
+    let nonce = base64::engine::general_purpose::STANDARD
+        .encode(warden_attest::binding::Nonce::random().unwrap().as_bytes());
+    let ev: serde_json::Value = http
+        .post(format!("{}/v1/attestation", node.url()))
+        .json(&serde_json::json!({ "nonce": nonce }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ev["appliance_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Skip (outside CI) when swtpm is not installed.
 pub fn tools_or_skip() -> bool {
     if warden_testkit::tools_available() {
