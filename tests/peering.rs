@@ -303,19 +303,10 @@ async fn metrics(node: &Node) -> String {
 }
 
 async fn audit(node: &Node) -> Vec<serde_json::Value> {
-    let (cert, key) = node.operator_cert();
-    let http = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
-    let page: warden::audit_api::EntriesResponse = http
-        .get(format!("{}/v1/audit/entries?start=0", node.url()))
-        .send()
+    support::audit_kinds(node)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page.entries
-        .iter()
-        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .into_iter()
+        .map(|(_, v)| v)
         .collect()
 }
 

@@ -8,7 +8,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::type_complexity
 )]
 
 use std::collections::BTreeMap;
@@ -141,6 +142,20 @@ fn sign_release(keys: &Keys, r: &Release) -> Files {
     }
 }
 
+/// Re-sign snapshot and timestamp over an edited targets.json, so only the edit is wrong.
+fn relist(files: &mut Files, keys: &Keys) {
+    files.snapshot = sign_envelope(
+        &snapshot_payload(1, VALID, 1, &files.targets),
+        &[&keys.snapshot],
+    )
+    .unwrap();
+    files.timestamp = sign_envelope(
+        &timestamp_payload(1, VALID, 1, &files.snapshot),
+        &[&keys.timestamp],
+    )
+    .unwrap();
+}
+
 struct Fixture<'a> {
     out: &'a Path,
 }
@@ -185,6 +200,23 @@ impl Fixture<'_> {
         std::fs::write(dir.join("expect"), format!("{expect}\n")).unwrap();
         std::fs::write(dir.join("README"), format!("{about}\n")).unwrap();
         println!("{name:<28} {expect}");
+    }
+}
+
+impl Fixture<'_> {
+    /// The common case: root v1 only, the standard image, floor 1.
+    fn simple(&self, name: &str, expect: &str, about: &str, root: &[u8], files: &Files) {
+        let img: &[(&str, &[u8])] = &[("fw-2.0.0.img", IMAGE)];
+        self.write(
+            name,
+            expect,
+            about,
+            &trusted(root),
+            &[(1, root.to_vec())],
+            files,
+            img,
+            1,
+        );
     }
 }
 
@@ -268,43 +300,34 @@ fn main() {
     let keys = Keys::new();
     let root1 = keys.root(1);
     let files = sign_release(&keys, &Release::new());
-    fx.write(
+    fx.simple(
         "valid",
         "ok",
         "A correct release: must be accepted (the control for every attack).",
-        &trusted(&root1),
-        &[(1, root1.clone())],
+        &root1,
         &files,
-        img,
-        1,
     );
 
     // expired-metadata: targets expired.
     let mut r = Release::new();
     r.targets_expires = EXPIRED;
-    fx.write(
+    fx.simple(
         "expired-metadata",
         "expired",
         "targets.json expired in 2025; the time is 2030.",
-        &trusted(&root1),
-        &[(1, root1.clone())],
+        &root1,
         &sign_release(&keys, &r),
-        img,
-        1,
     );
 
     // freeze: the mirror keeps serving an old timestamp that has expired.
     let mut r = Release::new();
     r.timestamp_expires = EXPIRED;
-    fx.write(
+    fx.simple(
         "freeze-old-timestamp",
         "expired",
         "A frozen mirror serves a timestamp that expired in 2025.",
-        &trusted(&root1),
-        &[(1, root1.clone())],
+        &root1,
         &sign_release(&keys, &r),
-        img,
-        1,
     );
 
     // rollback-timestamp: the appliance trusts timestamp v5, the repository serves v4.
@@ -339,26 +362,14 @@ fn main() {
         env.signatures.push(dup);
         files.targets = env.to_bytes();
         // The snapshot must list the tampered file, so only the duplicate is wrong.
-        files.snapshot = sign_envelope(
-            &snapshot_payload(1, VALID, 1, &files.targets),
-            &[&k2.snapshot],
-        )
-        .unwrap();
-        files.timestamp = sign_envelope(
-            &timestamp_payload(1, VALID, 1, &files.snapshot),
-            &[&k2.timestamp],
-        )
-        .unwrap();
+        relist(&mut files, &k2);
     }
-    fx.write(
+    fx.simple(
         "duplicate-signature",
         "duplicate-signature",
         "Targets needs 2 of 2 keys; one key's signature appears twice.",
-        &trusted(&root_k2),
-        &[(1, root_k2.clone())],
+        &root_k2,
         &files,
-        img,
-        1,
     );
 
     // below-threshold: 2 of 2 required, only one signs (the other signature is by a stranger).
@@ -373,26 +384,14 @@ fn main() {
             signatures: sigs,
         }
         .to_bytes();
-        files.snapshot = sign_envelope(
-            &snapshot_payload(1, VALID, 1, &files.targets),
-            &[&k2.snapshot],
-        )
-        .unwrap();
-        files.timestamp = sign_envelope(
-            &timestamp_payload(1, VALID, 1, &files.snapshot),
-            &[&k2.timestamp],
-        )
-        .unwrap();
+        relist(&mut files, &k2);
     }
-    fx.write(
+    fx.simple(
         "below-threshold",
         "threshold",
         "Targets needs 2 of 2 keys; one valid signature and one by an unknown key.",
-        &trusted(&root_k2),
-        &[(1, root_k2.clone())],
+        &root_k2,
         &files,
-        img,
-        1,
     );
 
     // wrong-hardware.
@@ -401,15 +400,12 @@ fn main() {
         "fw-2.0.0.img".into(),
         target_for(IMAGE, "other-board", "firmware", 2, "2.0.0"),
     );
-    fx.write(
+    fx.simple(
         "wrong-hardware",
         "wrong-hardware",
         "The only target is for hardware other-board.",
-        &trusted(&root1),
-        &[(1, root1.clone())],
+        &root1,
         &sign_release(&keys, &r),
-        img,
-        1,
     );
 
     // below-floor: the TPM floor is 5, the release has SVN 2.
@@ -434,15 +430,12 @@ fn main() {
         snapshot: files_b.snapshot.clone(),
         timestamp: files_a.timestamp.clone(),
     };
-    fx.write(
+    fx.simple(
         "mix-and-match-snapshot",
         "mix-and-match",
         "timestamp.json of release 2 with snapshot.json and targets.json of release 1.",
-        &trusted(&root1),
-        &[(1, root1.clone())],
+        &root1,
         &mixed,
-        img,
-        1,
     );
 
     // oversized: a timestamp over the 16 KiB limit (padding in an unknown field is never parsed).
@@ -451,29 +444,23 @@ fn main() {
     big.truncate(big.len() - 2);
     big.extend_from_slice(format!(",\"pad\":\"{}\"}}\n", "A".repeat(20_000)).as_bytes());
     files.timestamp = big;
-    fx.write(
+    fx.simple(
         "oversized-timestamp",
         "too-large",
         "timestamp.json is over 16 KiB: refused before parsing.",
-        &trusted(&root1),
-        &[(1, root1.clone())],
+        &root1,
         &files,
-        img,
-        1,
     );
 
     // endless: targets.json longer than the snapshot lists (the reader stops at the limit).
     let mut files = sign_release(&keys, &Release::new());
     files.targets.extend(std::iter::repeat_n(b' ', 100_000));
-    fx.write(
+    fx.simple(
         "endless-targets",
         "too-large",
         "targets.json keeps going past the length snapshot.json lists.",
-        &trusted(&root1),
-        &[(1, root1.clone())],
+        &root1,
         &files,
-        img,
-        1,
     );
 
     // tampered image.
@@ -496,15 +483,12 @@ fn main() {
         "../../etc/passwd".into(),
         target_for(IMAGE, HW, "firmware", 3, "3.0.0"),
     );
-    fx.write(
+    fx.simple(
         "path-traversal",
         "unsafe-target-name",
         "A target named ../../etc/passwd.",
-        &trusted(&root1),
-        &[(1, root1.clone())],
+        &root1,
         &sign_release(&keys, &r),
-        img,
-        1,
     );
 
     // X.509 signers for targets.
@@ -518,81 +502,58 @@ fn main() {
         root_threshold: 1,
         targets_threshold: 1,
     };
-    let kx = x509_keys(x509_signer(
-        &vendor,
-        &vendor,
-        "release-signer",
-        (2099, 1, 1),
-        true,
-    ));
-    let rx = kx.root(1);
-    fx.write(
-        "valid-x509",
-        "ok",
-        "Targets signed by a certificate chained to the pinned vendor CA.",
-        &trusted(&rx),
-        &[(1, rx.clone())],
-        &sign_release(&kx, &Release::new()),
-        img,
-        1,
-    );
-
-    let kx = x509_keys(x509_signer(
-        &vendor,
-        &other,
-        "release-signer",
-        (2099, 1, 1),
-        true,
-    ));
-    let rx = kx.root(1);
-    fx.write(
-        "untrusted-certificate",
-        "untrusted-certificate",
-        "The signer's certificate was issued by another CA than the pinned one.",
-        &trusted(&rx),
-        &[(1, rx.clone())],
-        &sign_release(&kx, &Release::new()),
-        img,
-        1,
-    );
-
-    let kx = x509_keys(x509_signer(
-        &vendor,
-        &vendor,
-        "release-signer",
-        (2025, 1, 1),
-        true,
-    ));
-    let rx = kx.root(1);
-    fx.write(
-        "expired-certificate",
-        "certificate-expired",
-        "The signer's certificate expired in 2025.",
-        &trusted(&rx),
-        &[(1, rx.clone())],
-        &sign_release(&kx, &Release::new()),
-        img,
-        1,
-    );
-
-    let kx = x509_keys(x509_signer(
-        &vendor,
-        &vendor,
-        "release-signer",
-        (2099, 1, 1),
-        false,
-    ));
-    let rx = kx.root(1);
-    fx.write(
-        "wrong-key-usage",
-        "key-usage",
-        "The signer's certificate lacks the codeSigning extended key usage.",
-        &trusted(&rx),
-        &[(1, rx.clone())],
-        &sign_release(&kx, &Release::new()),
-        img,
-        1,
-    );
+    // (name, expect, about, issuer, not_after, codeSigning EKU)
+    let cases: [(&str, &str, &str, &Pki, (i32, u8, u8), bool); 4] = [
+        (
+            "valid-x509",
+            "ok",
+            "Targets signed by a certificate chained to the pinned vendor CA.",
+            &vendor,
+            (2099, 1, 1),
+            true,
+        ),
+        (
+            "untrusted-certificate",
+            "untrusted-certificate",
+            "The signer's certificate was issued by another CA than the pinned one.",
+            &other,
+            (2099, 1, 1),
+            true,
+        ),
+        (
+            "expired-certificate",
+            "certificate-expired",
+            "The signer's certificate expired in 2025.",
+            &vendor,
+            (2025, 1, 1),
+            true,
+        ),
+        (
+            "wrong-key-usage",
+            "key-usage",
+            "The signer's certificate lacks the codeSigning extended key usage.",
+            &vendor,
+            (2099, 1, 1),
+            false,
+        ),
+    ];
+    for (name, expect, about, issuer, not_after, eku) in cases {
+        let kx = x509_keys(x509_signer(
+            &vendor,
+            issuer,
+            "release-signer",
+            not_after,
+            eku,
+        ));
+        let rx = kx.root(1);
+        fx.simple(
+            name,
+            expect,
+            about,
+            &rx,
+            &sign_release(&kx, &Release::new()),
+        );
+    }
 
     // Root rotation: 1 → 2 (new root keys), signed by both: accepted.
     let k_new = Keys::new();
@@ -671,25 +632,13 @@ fn main() {
         let mut e2 = Envelope::parse("t", &edited, u64::MAX).unwrap();
         e2.signatures = env.signatures;
         files.targets = e2.to_bytes();
-        files.snapshot = sign_envelope(
-            &snapshot_payload(1, VALID, 1, &files.targets),
-            &[&keys.snapshot],
-        )
-        .unwrap();
-        files.timestamp = sign_envelope(
-            &timestamp_payload(1, VALID, 1, &files.snapshot),
-            &[&keys.timestamp],
-        )
-        .unwrap();
+        relist(&mut files, &keys);
     }
-    fx.write(
+    fx.simple(
         "edited-after-signing",
         "threshold",
         "targets.json's SVN was edited after signing; the signature no longer verifies.",
-        &trusted(&root1),
-        &[(1, root1.clone())],
+        &root1,
         &files,
-        img,
-        1,
     );
 }
