@@ -254,8 +254,65 @@ async fn a_signed_release_installs_measured_and_rollback_is_refused() {
     let out = ok(publish_and_stage(&node, &vendor, Some("fw-3.0.0.img")));
     assert!(out.contains("slot b"), "{out}");
 
+    // While slot b waits for its trial, another stage is refused (and audited).
+    let o = update(&node, &["stage", "--target", "fw-3.0.0.img"]);
+    assert!(
+        !o.status.success() && text(&o).contains("on trial"),
+        "{}",
+        text(&o)
+    );
+
+    // The inbox refuses names outside a repository's layout, and oversized metadata.
+    let (cert, key) = node.operator_cert();
+    let http = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
+    let put = |name: &str, body: Vec<u8>| {
+        let url = format!("{}/v1/updates/inbox/{name}", node.url());
+        let http = http.clone();
+        async move {
+            http.put(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(put("targets/..%2F..%2Fescape", b"x".to_vec()).await, 400);
+    assert_eq!(put("passwd", b"x".to_vec()).await, 400);
+    assert_eq!(put("timestamp.json", vec![b' '; 3 << 20]).await, 422);
+    assert!(!node.dir.path().join("state/updates/escape").exists());
+
     let kinds = audit_kinds(&node).await;
     let has = |k: &str| kinds.iter().any(|(kind, _)| kind == k);
+    let refusals: Vec<(String, String)> = kinds
+        .iter()
+        .filter(|(k, _)| k == "update.refused")
+        .map(|(_, v)| {
+            (
+                v["details"]["action"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                v["details"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("stage", "below-floor"),
+        ("commit", "conflict"),
+        ("stage", "conflict"),
+        ("publish", "bad-request"),
+        ("publish", "too-large"),
+    ] {
+        assert!(
+            refusals.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "{want:?} not audited: {refusals:?}"
+        );
+    }
     for k in [
         "update.published",
         "update.staged",
@@ -265,12 +322,6 @@ async fn a_signed_release_installs_measured_and_rollback_is_refused() {
     ] {
         assert!(has(k), "no {k} in the audit log");
     }
-    let refused = kinds.iter().find(|(k, _)| k == "update.refused").unwrap();
-    assert_eq!(
-        refused.1["details"]["reason"], "below-floor",
-        "{}",
-        refused.1
-    );
 
     // Tenants may not use the update API.
     let (tc, tk) = node.client_cert("warden:tenant:acme");

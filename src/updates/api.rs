@@ -70,6 +70,11 @@ fn service(s: &ApiState, caller: &Caller) -> Result<(Arc<UpdateService>, String)
     Ok((svc, format!("operator:{operator}")))
 }
 
+/// A file name from the request, made safe for the audit log.
+fn clip_name(file: &str) -> String {
+    file.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, OpError> + Send + 'static,
 ) -> Result<T, OpError> {
@@ -129,7 +134,10 @@ async fn publish(
     let (svc, actor) = service(&s, &caller)?;
     let (dest, limit) = match svc.inbox_path(&file) {
         Ok(v) => v,
-        Err(e) => return Ok(e.into_response()),
+        Err(e) => {
+            svc.refused("publish", &actor, &clip_name(&file), &e);
+            return Ok(e.into_response());
+        }
     };
     // Stream to a temporary file, counting against the limit; rename when complete.
     let tmp = dest.with_extension("part");
@@ -175,6 +183,7 @@ async fn publish(
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
+            svc.refused("publish", &actor, &clip_name(&file), &e);
             e.into_response()
         }
     })

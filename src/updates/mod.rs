@@ -85,6 +85,18 @@ impl From<crate::audit::AuditError> for OpError {
     }
 }
 
+impl OpError {
+    /// One word for the audit log: the update refusal's name, or the kind of failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OpError::Refused(e) => e.reason(),
+            OpError::Conflict(_) => "conflict",
+            OpError::BadRequest(_) => "bad-request",
+            OpError::Internal(_) => "error",
+        }
+    }
+}
+
 /// What booted at start.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Booted {
@@ -451,27 +463,29 @@ impl UpdateService {
         }
     }
 
-    fn refused(&self, actor: &str, subject: &str, e: &UpdateError) {
+    /// Audit an attempt that did not succeed, with its reason.
+    pub fn refused(&self, action: &str, actor: &str, subject: &str, e: &OpError) {
+        let reason = e.reason();
         let ev = event(Kind::UpdateRefused, actor, subject, Outcome::Denied)
-            .detail("reason", e.reason())
+            .detail("action", action)
+            .detail("reason", reason)
             .detail("error", clip(&e.to_string()));
         if let Err(ae) = self.audit.record(ev) {
             tracing::error!(error = %ae, "could not audit a refused update");
         }
-        tracing::warn!(reason = e.reason(), error = %e, "update refused");
+        tracing::warn!(action, reason, error = %e, "update refused");
     }
 
     /// Verify the release in the inbox, write it to the free slot, save the trusted metadata
     /// and switch the slot to boot on trial at the next start.
     pub fn stage(&self, actor: &str, req: &StageRequest) -> Result<StageResponse, OpError> {
-        let _guard = self.lock()?;
         let subject = req
             .target
             .clone()
             .unwrap_or_else(|| self.cfg.component.clone());
-        let result = self.stage_locked(actor, req);
-        if let Err(OpError::Refused(e)) = &result {
-            self.refused(actor, &subject, e);
+        let result = self.lock().and_then(|_guard| self.stage_locked(actor, req));
+        if let Err(e) = &result {
+            self.refused("stage", actor, &subject, e);
         }
         result
     }
@@ -624,7 +638,14 @@ impl UpdateService {
 
     /// Mark the slot on trial good, then raise the TPM floor to its SVN.
     pub fn commit(&self, actor: &str) -> Result<CommitResponse, OpError> {
-        let _guard = self.lock()?;
+        let result = self.lock().and_then(|_guard| self.commit_locked(actor));
+        if let Err(e) = &result {
+            self.refused("commit", actor, &self.cfg.component, e);
+        }
+        result
+    }
+
+    fn commit_locked(&self, actor: &str) -> Result<CommitResponse, OpError> {
         let boot_path = Self::boot_path(&self.dir);
         let mut bc = BootControl::load(&boot_path, self.cfg.max_trial_boots)?;
         let Some((slot, _, true)) = bc.booted_image().map(|(s, i, t)| (s, i.clone(), t)) else {
