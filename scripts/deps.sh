@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Warden needs, skipping whatever is already there.
 #
-#   scripts/deps.sh          Debian packages (swtpm, tpm2-tss, ...) and cargo-nextest
+#   scripts/deps.sh          Debian packages (swtpm, tpm2-tss, ...), cargo-nextest and cargo-deb
 #   scripts/deps.sh --fuzz   also cargo-fuzz and a nightly toolchain
 #
 # Debian packages need root (or sudo). The Rust toolchain itself (rustup, stable) is expected
@@ -62,6 +62,12 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     say "installing cargo-nextest"
     cargo install cargo-nextest --locked
+fi
+
+# cargo-deb builds the Debian package (tests/package.rs); pinned, as its CLI changes.
+if ! cargo deb --version 2>/dev/null | grep -q '3\.8\.0'; then
+    say "installing cargo-deb"
+    cargo install cargo-deb --version 3.8.0 --locked
 fi
 
 if $fuzz; then
