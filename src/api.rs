@@ -23,6 +23,7 @@ use warden_attest::verify::{self, Expected};
 use crate::appliance::TpmActor;
 use crate::audit::{now_ms, AuditLog};
 use crate::identity::{Identity as Caller, PeerIdentity};
+use crate::metrics::Appraised;
 use crate::wire::{
     AppraisalRequest, AppraisalResponse, AttestationRequest, Challenge, ErrorBody, Identity,
 };
@@ -66,6 +67,8 @@ pub struct ApiState {
     pub peering: std::sync::OnceLock<Arc<crate::peering::PeerService>>,
     /// Signed firmware updates, when `[updates]` is configured.
     pub updates: Option<Arc<crate::updates::UpdateService>>,
+    /// Start time, counters and probes for readiness, status and metrics.
+    pub ops: crate::status::Ops,
 }
 
 type AppState = Arc<ApiState>;
@@ -157,6 +160,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     .chain(crate::metrics::routes())
     .chain(crate::peering_api::routes())
     .chain(crate::updates::api::routes())
+    .chain(crate::status::routes())
     .collect()
 }
 
@@ -182,6 +186,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             }
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::metrics::observe,
+        ))
         .with_state(state)
 }
 
@@ -242,7 +250,8 @@ pub async fn collect_evidence(
     pcrs.sort_unstable();
     pcrs.dedup();
     let st = Arc::clone(s);
-    s.tpm
+    let evidence = s
+        .tpm
         .run(move |a| {
             let log = a.log().to_vec();
             collect::collect(
@@ -262,11 +271,15 @@ pub async fn collect_evidence(
             )
         })
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "quote failed");
-            ApiError::unavailable(format!("the TPM could not produce evidence: {e}"))
-        })
+        .map_err(|e| ApiError::unavailable(e.to_string()))
+        .and_then(|r| {
+            r.map_err(|e| {
+                tracing::error!(error = %e, "quote failed");
+                ApiError::unavailable(format!("the TPM could not produce evidence: {e}"))
+            })
+        });
+    s.ops.counters.evidence(purpose, evidence.is_ok());
+    evidence
 }
 
 /// `POST /v1/attestation`: nonce in, evidence bound to (nonce, tenant-API purpose, TLS key) out.
@@ -352,6 +365,7 @@ async fn appraisal(
     let fresh = match redeemed {
         Ok(f) => f,
         Err(e) => {
+            s.ops.counters.appraisal(Appraised::Refused);
             let entry = event(Kind::AppraisalRefused, &caller, "evidence", Outcome::Denied)
                 .detail("reason", e.to_string());
             audited(&s, entry).await?;
@@ -420,10 +434,19 @@ async fn appraisal(
         .signer
         .sign(&claims)
         .map_err(|e| ApiError::unavailable(format!("cannot sign the result: {e}")))?;
-    let (kind, result) = match status {
-        Status::Affirming => (Kind::AppraisalAffirming, Outcome::Success),
-        _ => (Kind::AppraisalContraindicated, Outcome::Failure),
+    let (kind, result, counted) = match status {
+        Status::Affirming => (
+            Kind::AppraisalAffirming,
+            Outcome::Success,
+            Appraised::Affirming,
+        ),
+        _ => (
+            Kind::AppraisalContraindicated,
+            Outcome::Failure,
+            Appraised::Contraindicated,
+        ),
     };
+    s.ops.counters.appraisal(counted);
     let mut entry =
         event(kind, &caller, &claims.sub, result).detail("result_id", claims.jti.clone());
     if !failures.is_empty() {

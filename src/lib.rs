@@ -27,6 +27,8 @@ pub mod peering_api;
 pub mod policy;
 pub mod policy_api;
 pub mod policy_client;
+pub mod status;
+pub mod status_client;
 pub mod update_client;
 pub mod updates;
 pub mod vault;

@@ -109,6 +109,17 @@ enum Command {
         #[command(subcommand)]
         command: UpdateCommand,
     },
+    /// One screen about an appliance: readiness, attestation, policy, peers, keys, firmware,
+    /// audit log, data plane (operator certificate; docs/operations.md).
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
     /// The release signing tool: keys, repository, releases (docs/updates.md).
     Release {
         #[command(subcommand)]
@@ -581,6 +592,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Keys { command } => keys(command).await,
         Command::Update { command } => update(command).await,
         Command::Release { command } => release(command),
+        Command::Status { json, conn, cert } => {
+            let http = warden::tls::client_with_identity(&conn.ca, &cert.cert, &cert.key)?;
+            warden::status_client::status(&http, conn.url.trim_end_matches('/'), json).await
+        }
         Command::Attest {
             conn,
             reference,
