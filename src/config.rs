@@ -21,6 +21,14 @@ use toml::Spanned;
 
 use crate::logging::{self, LogFormat};
 
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod reference;
 mod updates;
 pub use updates::{Clock, UpdatesConfig, CRASH_STEPS};
 
