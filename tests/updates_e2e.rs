@@ -228,7 +228,11 @@ async fn a_signed_release_installs_measured_and_rollback_is_refused() {
     assert_eq!(st["floor"], 0, "the floor moves only at commit: {st}");
     let out = ok(update(&node, &["commit"]));
     assert!(out.contains("floor is now 2"), "{out}");
-    assert_eq!(status(&node)["floor"], 2);
+    let st = status(&node);
+    assert_eq!(st["floor"], 2, "{st}");
+    // What runs is committed now, without a restart.
+    assert_eq!(st["booted"]["trial"], false, "{st}");
+    assert_eq!(st["booted"]["release"], "2.0.0", "{st}");
     // Nothing left to commit.
     assert!(!update(&node, &["commit"]).status.success());
 

@@ -172,7 +172,15 @@ pub(super) async fn run(
         }
         tokio::select! {
             f = frames.recv() => match f {
-                Some(Ok(m)) => queue.extend(run.session.on_message(m, Instant::now())),
+                Some(Ok(m)) => {
+                    // A rekey request is answered at once, not at the next tick: the sender's
+                    // SA may reach its hard limit within the tick at line rate.
+                    let rekey = matches!(m, Message::RekeyRequest { .. });
+                    queue.extend(run.session.on_message(m, Instant::now()));
+                    if rekey {
+                        queue.extend(run.tick());
+                    }
+                }
                 Some(Err(e)) => queue.push_back(Action::Close(Close::Lost(e))),
                 None => queue.push_back(Action::Close(Close::Lost("the reader stopped".into()))),
             },
@@ -194,7 +202,7 @@ pub(super) async fn run(
 }
 
 impl Run<'_> {
-    fn keys_and_rekey(&self) -> (std::collections::BTreeMap<String, u32>, Vec<String>) {
+    fn keys_and_rekey(&self) -> (std::collections::BTreeMap<String, u32>, Vec<(String, u64)>) {
         (
             self.snapshot.keys.clone(),
             self.snapshot

@@ -220,8 +220,8 @@ struct Snapshot {
     in_policy: bool,
     /// Tenants of the policy with a usable east-west key here, and its current version.
     keys: BTreeMap<String, u32>,
-    /// Per peer, tenants whose outbound SAs reached a soft limit.
-    rekey: BTreeMap<String, Vec<String>>,
+    /// Per peer, tenants whose outbound SAs reached a soft limit, with the SAs' epoch.
+    rekey: BTreeMap<String, Vec<(String, u64)>>,
 }
 
 struct Refusal {
@@ -501,9 +501,9 @@ impl Inner {
             (Some(a), true) => self.tenant_keys(&a.policy),
             _ => BTreeMap::new(),
         };
-        let mut rekey: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (peer, tenant) in self.tunnel.rekey_wanted(Instant::now()) {
-            rekey.entry(peer).or_default().push(tenant);
+        let mut rekey: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        for (peer, tenant, epoch) in self.tunnel.rekey_wanted(Instant::now()) {
+            rekey.entry(peer).or_default().push((tenant, epoch));
         }
         let digest = |p: &Option<Arc<ActivePolicy>>| p.as_ref().map(|a| a.policy.digest);
         let changed = digest(&self.snapshot.borrow().policy) != digest(&policy);

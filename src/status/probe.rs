@@ -144,7 +144,7 @@ pub async fn facts(s: &ApiState) -> (Facts, Vec<KeyInfo>) {
         policy: s.policy.active().map(|a| a.policy.version),
         peers: peer_counts(s),
         export: export_status(s),
-        firmware: s.updates.as_ref().map(|u| u.booted().clone()),
+        firmware: s.updates.as_ref().map(|u| u.booted()),
         keys_unavailable: unavailable_versions(&keys),
     };
     (facts, keys)
@@ -196,7 +196,7 @@ pub async fn firmware(s: &ApiState, tpm_ok: bool) -> Option<FirmwareStatus> {
     let u = s.updates.as_ref()?;
     let mut out = FirmwareStatus {
         component: u.component().to_owned(),
-        booted: u.booted().clone(),
+        booted: u.booted(),
         floor: None,
         slots: Vec::new(),
         error: None,

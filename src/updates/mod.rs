@@ -183,7 +183,8 @@ pub struct UpdateService {
     dir: PathBuf,
     counter: Mutex<TpmCounter>,
     audit: Arc<AuditLog>,
-    booted: Booted,
+    /// What runs: set at start, and no longer on trial once committed.
+    booted: Mutex<Booted>,
     op: Mutex<()>,
 }
 
@@ -191,7 +192,7 @@ impl std::fmt::Debug for UpdateService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpdateService")
             .field("dir", &self.dir)
-            .field("booted", &self.booted)
+            .field("booted", &self.booted())
             .finish_non_exhaustive()
     }
 }
@@ -407,13 +408,17 @@ impl UpdateService {
             dir,
             counter: Mutex::new(counter),
             audit,
-            booted,
+            booted: Mutex::new(booted),
             op: Mutex::new(()),
         }))
     }
 
-    pub fn booted(&self) -> &Booted {
-        &self.booted
+    /// The firmware that runs: as booted, and whether it is still on trial.
+    pub fn booted(&self) -> Booted {
+        self.booted
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     /// Kill the process at `step` when the configuration asks for it (tests only).
@@ -667,6 +672,11 @@ impl UpdateService {
             c.raise_to(&self.cfg.component, image.svn)
                 .context("raising the TPM security floor")?
         };
+        // Committed (marked good, floor raised): no longer on trial, whatever the audit says.
+        match self.booted.lock() {
+            Ok(mut b) => b.trial = false,
+            Err(poisoned) => poisoned.into_inner().trial = false,
+        }
         self.audit.record(
             event(
                 Kind::UpdateCommitted,
@@ -721,7 +731,7 @@ impl UpdateService {
             component: self.cfg.component.clone(),
             hardware_id: self.cfg.hardware_id.clone(),
             floor: self.floor()?,
-            booted: self.booted.clone(),
+            booted: self.booted(),
             slots,
             trusted: roles,
             clock: match self.cfg.clock {

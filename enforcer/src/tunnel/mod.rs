@@ -579,9 +579,10 @@ impl Tunnel {
         removed
     }
 
-    /// (peer, tenant) pairs whose outbound SAs reached a soft limit (or whose age passed
-    /// the soft age at `now`): the control channel should rekey them.
-    pub fn rekey_wanted(&self, now: Instant) -> Vec<(String, String)> {
+    /// (peer, tenant, epoch) of the outbound SAs that reached a soft limit (or whose age
+    /// passed the soft age at `now`): the control channel should rekey them. The epoch lets it
+    /// tell a wish about the SAs in use from a stale one about SAs already replaced.
+    pub fn rekey_wanted(&self, now: Instant) -> Vec<(String, String, u64)> {
         let t = lock(&self.tables);
         t.out
             .values()
@@ -589,7 +590,7 @@ impl Tunnel {
                 sa.rekey.load(Ordering::Relaxed)
                     || now.saturating_duration_since(sa.created) >= self.config.limits.soft_age
             })
-            .map(|sa| (sa.peer.clone(), sa.tenant.clone()))
+            .map(|sa| (sa.peer.clone(), sa.tenant.clone(), sa.epoch))
             .collect()
     }
 

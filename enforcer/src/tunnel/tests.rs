@@ -315,7 +315,7 @@ fn rekey_is_make_before_break() {
     }
     assert_eq!(
         a.rekey_wanted(Instant::now()),
-        vec![("node-b".to_string(), "acme".to_string())]
+        vec![("node-b".to_string(), "acme".to_string(), 1)]
     );
     assert_eq!(signals.load(std::sync::atomic::Ordering::Relaxed), 1);
     // The receiver installs epoch 2 first; the sender switches; in-flight epoch-1 packets

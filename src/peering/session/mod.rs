@@ -587,12 +587,14 @@ impl Session {
 
     /// Time passes. `keys`: the tenants this side holds a usable east-west key for, with the
     /// current version (both directions are keyed only for these); `rekey_wanted`: tenants
-    /// whose outbound SAs to this peer reached a soft limit.
+    /// whose outbound SAs to this peer reached a soft limit, with the epoch of those SAs. A
+    /// wish about an epoch already replaced is stale (the snapshot it came from predates the
+    /// new SAs) and is ignored: answering it would spend this epoch's one request early.
     pub fn tick(
         &mut self,
         now: Instant,
         keys: &BTreeMap<String, u32>,
-        rekey_wanted: &[String],
+        rekey_wanted: &[(String, u64)],
     ) -> Vec<Action> {
         if self.phase == Phase::Closed {
             return Vec::new();
@@ -707,9 +709,9 @@ impl Session {
             self.outbound.remove(&tenant);
             actions.push(Action::RemoveOutbound { tenant });
         }
-        for tenant in rekey_wanted {
+        for (tenant, epoch) in rekey_wanted {
             if let Some(sa) = self.outbound.get_mut(tenant) {
-                if !sa.rekey_requested {
+                if sa.epoch == *epoch && !sa.rekey_requested {
                     sa.rekey_requested = true;
                     actions.push(Action::Send(Message::RekeyRequest {
                         tenant: tenant.clone(),

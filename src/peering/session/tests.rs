@@ -173,7 +173,7 @@ fn rekey_is_make_before_break_and_requested_once_per_epoch() {
     s.outbound_installed("acme", 1);
 
     // Sender side: the tunnel wants a rekey; one request per epoch.
-    let want = vec!["acme".to_owned()];
+    let want = vec![("acme".to_owned(), 1)];
     let a = s.tick(t0, &k, &want);
     assert!(matches!(sends(&a)[..], [Message::RekeyRequest { .. }]));
     assert!(sends(&s.tick(t0, &k, &want)).is_empty());
@@ -242,6 +242,29 @@ fn rekey_is_make_before_break_and_requested_once_per_epoch() {
             .any(|a| matches!(a, Action::InstallInbound { epoch: 4, .. })),
         "{a:?}"
     );
+}
+
+/// A rekey wish from a snapshot built before the new SAs were installed names the old epoch;
+/// it must not spend the new epoch's one request, or the request the new SAs need later is
+/// never sent and they run into their hard limit.
+#[test]
+fn a_stale_rekey_wish_does_not_spend_the_new_epochs_request() {
+    let (mut s, t0) = attested();
+    let k = keys(&[("acme", 1)]);
+    s.tick(t0, &k, &[]);
+    s.outbound_installed("acme", 1);
+    let a = s.tick(t0, &k, &[("acme".to_owned(), 1)]);
+    assert!(matches!(sends(&a)[..], [Message::RekeyRequest { .. }]));
+    s.outbound_installed("acme", 2);
+    // Still the epoch-1 wish: ignored.
+    assert!(sends(&s.tick(t0, &k, &[("acme".to_owned(), 1)])).is_empty());
+    // Epoch 2 reaches its limit: asked for at once, and only once.
+    let a = s.tick(t0, &k, &[("acme".to_owned(), 2)]);
+    assert!(
+        matches!(sends(&a)[..], [Message::RekeyRequest { .. }]),
+        "{a:?}"
+    );
+    assert!(sends(&s.tick(t0, &k, &[("acme".to_owned(), 2)])).is_empty());
 }
 
 #[test]
