@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: installs what is missing, builds wardend, wardctl and examples/demo.rs, then runs
-# the demo (arguments pass through).
+# The demo: installs what is missing, builds wardend, wardctl and examples/demo/, then runs
+# the two-node demo (as root; arguments pass through: --short for CI, --keep to leave the
+# cluster running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything CI checks, in order, stopping at the first failure:
-# formatting, clippy (default and pure-verifier builds), tests, doc tests, fuzz smoke runs.
+# formatting, clippy (default and pure-verifier builds), tests, doc tests, the demo (--short),
+# fuzz smoke runs.
 # FUZZ_SECONDS (default 10) sets how long each fuzz target runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,9 @@ else
     run "tests (cargo test)" cargo test --workspace
 fi
 run "doc tests" cargo test --workspace --doc
+# The README's first command, as CI runs it: the two-node demo, built first (root).
+run "demo (short)" bash -c \
+    'cargo build --quiet --bins --example demo && exec target/debug/examples/demo --short'
 
 if [[ -d fuzz ]]; then
     targets=$(cd fuzz && cargo +nightly fuzz list)
