@@ -67,6 +67,8 @@ pub struct ApiState {
     pub peering: std::sync::OnceLock<Arc<crate::peering::PeerService>>,
     /// Signed firmware updates, when `[updates]` is configured.
     pub updates: Option<Arc<crate::updates::UpdateService>>,
+    /// Long operations in progress (`GET /v1/operations`).
+    pub operations: Arc<crate::progress::Operations>,
     /// Start time, counters and probes for readiness, status and metrics.
     pub ops: crate::status::Ops,
 }
@@ -161,6 +163,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     .chain(crate::peering_api::routes())
     .chain(crate::updates::api::routes())
     .chain(crate::status::routes())
+    .chain(crate::progress::routes())
     .collect()
 }
 

@@ -229,6 +229,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         name: config.name.clone(),
         peering: std::sync::OnceLock::new(),
         updates,
+        operations: crate::progress::Operations::new(),
         ops: crate::status::Ops::new(&config.state_dir),
     });
     // The control channel keys the data plane's tunnel; without `[dataplane]`, a tunnel of

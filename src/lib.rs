@@ -27,6 +27,7 @@ pub mod peering_api;
 pub mod policy;
 pub mod policy_api;
 pub mod policy_client;
+pub mod progress;
 pub mod status;
 pub mod status_client;
 pub mod update_client;

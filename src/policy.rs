@@ -22,6 +22,7 @@ use warden_policy::{Classifier, Policy, PolicyError, WireSettings};
 use crate::appliance::TpmActor;
 use crate::audit::{now_ms, AuditLog};
 use crate::config::PolicyConfig;
+use crate::progress::Progress;
 
 /// The appliance event kind of a policy measurement; detail `v<version> sha256:<hex>`.
 pub const EVENT_POLICY: &str = "policy";
@@ -291,11 +292,28 @@ impl PolicyService {
 
     /// Validate and put `text` in force (blocking: nftables, fsync, TPM). `name` names the
     /// document in diagnostics.
-    pub fn apply(&self, text: &str, name: &str, operator: &str) -> Result<Applied, ApplyError> {
+    /// The steps [`PolicyService::apply`] reports through its [`Progress`].
+    pub const APPLY_STEPS: u32 = 5;
+
+    pub fn apply(
+        &self,
+        text: &str,
+        name: &str,
+        operator: &str,
+        progress: &Progress,
+    ) -> Result<Applied, ApplyError> {
         let _serial = self
             .apply_lock
             .lock()
             .map_err(|_| ApplyError::Store("poisoned".into()))?;
+        progress.step(
+            &format!(
+                "parsing and validating {name} ({} KiB)",
+                text.len().div_ceil(1024)
+            ),
+            0,
+            "",
+        );
         let policy = match parse_policy(text, name) {
             Ok(p) => p,
             Err(e) => {
@@ -324,6 +342,15 @@ impl PolicyService {
             }
         }
         // 1. Enforce: one atomic batch; a failure leaves the previous table in force.
+        progress.step(
+            &format!(
+                "enforcing {} rules over {} segments (one atomic nftables batch)",
+                policy.rules.len(),
+                policy.segments.len()
+            ),
+            0,
+            "",
+        );
         if let Err(e) = self.enforcer.apply(&self.plan(Some(&policy))) {
             let err = ApplyError::Enforce(e);
             self.refuse(operator, &err, Some(&policy));
@@ -365,6 +392,7 @@ impl PolicyService {
             }
         };
         // 2. Persist the document.
+        progress.step("storing the document", 0, "");
         if let Err(e) = crate::keyfile::write_atomically(&self.dir.join(CURRENT), text.as_bytes()) {
             restore(&format!("storing failed: {e}"));
             let err = ApplyError::Store(e.to_string());
@@ -373,6 +401,7 @@ impl PolicyService {
         }
         let active = Arc::new(ActivePolicy::new(text.to_owned(), policy));
         // 3. Measure, so attestation shows the policy in force.
+        progress.step("measuring it into the TPM", 0, "");
         let label = active.label();
         let measured = self
             .tpm
@@ -384,6 +413,7 @@ impl PolicyService {
             return Err(err);
         }
         // 4. Audit; without the entry the change does not stand.
+        progress.step("recording the audit entry", 0, "");
         let mut event = Event::new(
             now_ms(),
             Kind::PolicyApplied,
@@ -499,18 +529,22 @@ mod tests {
         assert_eq!(*installed.lock().unwrap(), vec![0]);
 
         let svc = Arc::clone(&service);
-        let v3 = tokio::task::spawn_blocking(move || svc.apply(EXAMPLE, "p.toml", "alice"))
-            .await
-            .unwrap()
-            .unwrap();
+        let v3 = tokio::task::spawn_blocking(move || {
+            svc.apply(EXAMPLE, "p.toml", "alice", &Progress::none())
+        })
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(v3.version, 3);
 
         // The enforcer fails: refused, v3 stays, nothing stored, the refusal audited.
         let svc = Arc::clone(&service);
-        let err = tokio::task::spawn_blocking(move || svc.apply(&version(7), "p.toml", "alice"))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = tokio::task::spawn_blocking(move || {
+            svc.apply(&version(7), "p.toml", "alice", &Progress::none())
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
         assert!(matches!(err, ApplyError::Enforce(_)), "{err}");
         assert_eq!(service.active().unwrap().policy.version, 3);
         let stored = std::fs::read_to_string(dir.path().join("policy").join(CURRENT)).unwrap();
@@ -528,10 +562,12 @@ mod tests {
         std::fs::remove_dir_all(&policy_dir).unwrap();
         std::fs::write(&policy_dir, b"not a directory").unwrap();
         let svc = Arc::clone(&service);
-        let err = tokio::task::spawn_blocking(move || svc.apply(&version(8), "p.toml", "alice"))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = tokio::task::spawn_blocking(move || {
+            svc.apply(&version(8), "p.toml", "alice", &Progress::none())
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
         assert!(matches!(err, ApplyError::Store(_)), "{err}");
         assert_eq!(*installed.lock().unwrap(), vec![0, 3, 8, 3]);
         assert_eq!(service.active().unwrap().policy.version, 3);

@@ -286,7 +286,12 @@ async fn apply(
     let op = operator(&caller)?;
     let name = q.name();
     let service = Arc::clone(&s.policy);
-    let result = tokio::task::spawn_blocking(move || service.apply(&body, &name, &op))
+    let progress = s.operations.begin(
+        "policy-apply",
+        &format!("operator:{op}"),
+        crate::policy::PolicyService::APPLY_STEPS,
+    );
+    let result = tokio::task::spawn_blocking(move || service.apply(&body, &name, &op, &progress))
         .await
         .map_err(|_| ApiError::unavailable("the apply failed to run"))?;
     Ok(match result {

@@ -166,13 +166,9 @@ pub async fn diff(http: &reqwest::Client, base: &str, file: &Path) -> anyhow::Re
 }
 
 pub async fn apply(http: &reqwest::Client, base: &str, file: &Path) -> anyhow::Result<ExitCode> {
-    let (status, body) = send(
-        http,
-        reqwest::Method::PUT,
-        &format!("{base}/v1/policy"),
-        Some(file),
-    )
-    .await?;
+    let url = format!("{base}/v1/policy");
+    let request = send(http, reqwest::Method::PUT, &url, Some(file));
+    let (status, body) = crate::progress::watch(http, base, "policy-apply", request).await?;
     if status.is_success() {
         if at(&body, "/unchanged").as_bool() == Some(true) {
             println!(

@@ -104,6 +104,9 @@ pub struct Status {
     pub audit: AuditInfo,
     /// `None` when `[dataplane]` is not configured.
     pub dataplane: Option<DataplaneInfo>,
+    /// Long operations running now (`GET /v1/operations`).
+    #[serde(default)]
+    pub operations: Vec<crate::progress::OperationStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +332,7 @@ pub async fn gather(s: &ApiState) -> Status {
             export: facts.export,
         },
         dataplane: dataplane_info(s),
+        operations: s.operations.list(),
     }
 }
 

@@ -307,6 +307,17 @@ pub fn render(s: &Status) -> String {
             row(&mut out, "rekeys", d.rekeys);
         }
     }
+
+    if !s.operations.is_empty() {
+        let _ = writeln!(out, "\nrunning");
+        for op in &s.operations {
+            row(
+                &mut out,
+                &op.kind,
+                format!("{} (by {})", crate::progress::render(op), op.actor),
+            );
+        }
+    }
     out
 }
 

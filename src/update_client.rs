@@ -119,7 +119,8 @@ pub async fn stage(
     let url = format!("{base}/v1/updates/stage");
     let body = serde_json::json!({ "target": target });
     println!("staging: verifying metadata and image, writing the free slot…");
-    let (status, body) = send(http.post(&url).json(&body), &url).await?;
+    let request = send(http.post(&url).json(&body), &url);
+    let (status, body) = crate::progress::watch(http, base, "update-stage", request).await?;
     if !status.is_success() {
         return Ok(fail(&body));
     }

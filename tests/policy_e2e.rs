@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use cli::{capture_reference, text, wardctl};
-use support::{appliance_events, audit_kinds, tools_or_skip, Node};
+use support::{appliance_events, audit_kinds, operations_were_shown, tools_or_skip, Node};
 
 const EXAMPLE: &str = include_str!("../policy/tests/data/example.toml");
 
@@ -102,6 +102,18 @@ async fn operators_validate_diff_apply_and_show_policies() {
     let o = policy(&node, "apply", Some(&v3), &op);
     assert!(o.status.success(), "{}", text(&o));
     assert!(stdout(&o).contains("applied: version 3"), "{}", text(&o));
+    operations_were_shown(
+        &node,
+        "policy-apply",
+        &[
+            "parsing and validating",
+            "enforcing 3 rules over 3 segments",
+            "storing the document",
+            "measuring it into the TPM",
+            "recording the audit entry",
+        ],
+    )
+    .await;
     let o = policy(&node, "show", None, &op);
     assert!(stdout(&o).contains("version   3"), "{}", text(&o));
     assert!(

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use cli::{capture_reference, text, wardctl};
-use support::{appliance_events, audit_kinds, tools_or_skip, Node};
+use support::{appliance_events, audit_kinds, operations_were_shown, tools_or_skip, Node};
 
 const HW: &str = "warden-test-dpu";
 
@@ -178,6 +178,17 @@ async fn a_signed_release_installs_measured_and_rollback_is_refused() {
     let st = status(&node);
     assert_eq!(st["slots"][0]["state"], "trial", "{st}");
     assert_eq!(st["slots"][0]["boots_left"], 2, "{st}");
+    operations_were_shown(
+        &node,
+        "update-stage",
+        &[
+            "checking the signed metadata",
+            "writing and hashing slot a",
+            "switching: slot a boots on trial next",
+            "saving the metadata as trusted",
+        ],
+    )
+    .await;
 
     // Boot it: the measurement is in the event log and the PCR, and attestation shows it.
     node.restart();

@@ -103,10 +103,15 @@ async fn stage(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
-    Ok(match blocking(move || svc.stage(&actor, &req)).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => e.into_response(),
-    })
+    let progress = s
+        .operations
+        .begin("update-stage", &actor, UpdateService::STAGE_STEPS);
+    Ok(
+        match blocking(move || svc.stage(&actor, &req, &progress)).await {
+            Ok(r) => Json(r).into_response(),
+            Err(e) => e.into_response(),
+        },
+    )
 }
 
 async fn commit(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {

@@ -36,6 +36,7 @@ use warden_firmware_update::{SecurityCounter, UpdateError};
 use crate::appliance::TpmActor;
 use crate::audit::{now_ms, AuditLog};
 use crate::config::{Clock, UpdatesConfig};
+use crate::progress::Progress;
 pub use counter::TpmCounter;
 
 /// Kind of the appliance event that measures a booted firmware image.
@@ -483,19 +484,35 @@ impl UpdateService {
 
     /// Verify the release in the inbox, write it to the free slot, save the trusted metadata
     /// and switch the slot to boot on trial at the next start.
-    pub fn stage(&self, actor: &str, req: &StageRequest) -> Result<StageResponse, OpError> {
+    /// The steps [`UpdateService::stage`] reports through its [`Progress`].
+    pub const STAGE_STEPS: u32 = 4;
+
+    pub fn stage(
+        &self,
+        actor: &str,
+        req: &StageRequest,
+        progress: &Progress,
+    ) -> Result<StageResponse, OpError> {
         let subject = req
             .target
             .clone()
             .unwrap_or_else(|| self.cfg.component.clone());
-        let result = self.lock().and_then(|_guard| self.stage_locked(actor, req));
+        let result = self
+            .lock()
+            .and_then(|_guard| self.stage_locked(actor, req, progress));
         if let Err(e) = &result {
             self.refused("stage", actor, &subject, e);
         }
         result
     }
 
-    fn stage_locked(&self, actor: &str, req: &StageRequest) -> Result<StageResponse, OpError> {
+    fn stage_locked(
+        &self,
+        actor: &str,
+        req: &StageRequest,
+        progress: &Progress,
+    ) -> Result<StageResponse, OpError> {
+        progress.step("checking the signed metadata", 0, "");
         let boot_path = Self::boot_path(&self.dir);
         let mut bc = BootControl::load(&boot_path, self.cfg.max_trial_boots)?;
         if let Some(slot) = bc.pending_trial() {
@@ -537,7 +554,12 @@ impl UpdateService {
             .target_path(release.target_name())
             .ok_or_else(|| OpError::BadRequest("unsafe target name".into()))?;
         let dest = slot_path(&self.dir, slot);
-        let verified = self.write_slot(&release, &source, &dest)?;
+        progress.step(
+            &format!("writing and hashing slot {slot}"),
+            release.target().length,
+            "bytes",
+        );
+        let verified = self.write_slot(&release, &source, &dest, progress)?;
         let installed = Installed {
             target: release.target_name().to_owned(),
             release: release.target().release.clone(),
@@ -550,9 +572,15 @@ impl UpdateService {
             .map_err(|e| OpError::Internal(e.into()))?;
         bc.store(&boot_path)?;
         self.crash_point("switch");
+        progress.step(
+            &format!("switching: slot {slot} boots on trial next"),
+            0,
+            "",
+        );
         bc.activate(slot).map_err(|e| OpError::Internal(e.into()))?;
         bc.store(&boot_path)?;
         self.crash_point("save");
+        progress.step("saving the metadata as trusted", 0, "");
         // Every check has passed, the image's too: now the metadata becomes trusted. (A crash
         // just before leaves the previous trusted metadata, which the next update starts from.)
         write_durable(&self.trusted_path(), &release.new_state.to_json())?;
@@ -596,6 +624,7 @@ impl UpdateService {
         release: &client::VerifiedRelease,
         source: &Path,
         dest: &Path,
+        progress: &Progress,
     ) -> Result<warden_firmware_update::image::ImageVerified, OpError> {
         let target = release.target_name().to_owned();
         let mut input = match std::fs::File::open(source) {
@@ -631,6 +660,7 @@ impl UpdateService {
             out.write_all(data)
                 .with_context(|| format!("writing {}", dest.display()))?;
             written += n as u64;
+            progress.advance(written);
             if !crashed_mid && written >= half {
                 crashed_mid = true;
                 self.crash_point("write");

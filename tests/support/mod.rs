@@ -289,6 +289,30 @@ pub async fn audit_kinds(node: &Node) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// The long operation logged its steps in order, and is no longer listed in
+/// `GET /v1/operations`, which operators may read and tenants may not.
+pub async fn operations_were_shown(node: &Node, kind: &str, steps: &[&str]) {
+    let log = node.log();
+    let logged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"operation step\"") && l.contains(kind))
+        .collect();
+    assert_eq!(logged.len(), steps.len(), "{logged:?}");
+    for (line, step) in logged.iter().zip(steps) {
+        assert!(line.contains(step), "{step:?} not in {line}");
+    }
+    let (cert, key) = node.operator_cert();
+    let http = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
+    let url = format!("{}/v1/operations", node.url());
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let running: Vec<warden::progress::OperationStatus> = r.json().await.unwrap();
+    assert!(running.is_empty(), "{running:?}");
+    let (cert, key) = node.client_cert("warden:tenant:acme");
+    let http = warden::tls::client_with_identity(&node.ca(), &cert, &key).unwrap();
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 403);
+}
+
 /// The appliance events in fresh evidence.
 pub async fn appliance_events(node: &Node) -> Vec<(String, String)> {
     use base64::Engine as _;
