@@ -177,6 +177,9 @@ pub struct Vault {
     pending: Mutex<HashMap<Vec<u8>, Pending>>,
     /// Releases per tenant in the current minute: (minute, count).
     releases: Mutex<HashMap<String, (u64, u32)>>,
+    /// Counts changes to keys and versions (put, retire, delete, disable), so the control
+    /// channel re-keys at once when a tenant rotates.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 fn io(e: impl std::fmt::Display) -> VaultError {
@@ -184,6 +187,15 @@ fn io(e: impl std::fmt::Display) -> VaultError {
 }
 
 impl Vault {
+    /// Wakes on every change to keys and versions.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Load every key's metadata and unseal its live versions. Keys the TPM refuses to unseal
     /// stay listed as unavailable; the names are returned for the caller to audit.
     pub fn open(
@@ -231,6 +243,7 @@ impl Vault {
                 keys: RwLock::new(keys),
                 pending: Mutex::new(HashMap::new()),
                 releases: Mutex::new(HashMap::new()),
+                changes: tokio::sync::watch::Sender::new(0),
             },
             failed,
         ))
@@ -362,6 +375,7 @@ impl Vault {
         });
         entry.meta = meta;
         entry.material.insert(version, Some(material));
+        self.changed();
         Ok(())
     }
 
@@ -404,6 +418,7 @@ impl Vault {
         remove_file(&kdir.join(format!("v{version}.sealed")))?;
         entry.meta = meta;
         entry.material.remove(&version);
+        self.changed();
         Ok(())
     }
 
@@ -420,6 +435,7 @@ impl Vault {
             .and_then(|d| d.sync_all())
             .map_err(io)?;
         keys.remove(&id);
+        self.changed();
         Ok(())
     }
 
@@ -439,6 +455,7 @@ impl Vault {
         meta.disabled = disabled;
         write_meta(&self.key_dir(tenant, key_id), &meta)?;
         entry.meta = meta;
+        self.changed();
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 //!  2      acme and globex put their east-west keys on both nodes → SAs
 //!  3      TCP + UDP per tenant; tcpdump on the wire: only ESP-in-UDP, no payload marker
 //!  4      globex → acme: denied by policy, counted
-//!  5      a long transfer across rekeys by packet count: intact, nothing dropped
+//!  5      a long transfer across rekeys by packet count and acme's key rotation: intact, nothing dropped
 //!  6      release 2.0.0 signed, published, staged, approved (policy v2), booted, measured
 //!         (PCR 15 moves, firmware event), peers re-key, committed (floor 2)
 //!  7      release 1.5.0 (svn 1): below-floor
@@ -350,8 +350,8 @@ fn main() {
             story::cross_tenant,
         ),
         (
-            "rekey under traffic",
-            "several rekeys during one TCP stream; stream intact; no packet dropped",
+            "rekey and key rotation under traffic",
+            "several rekeys and a tenant key rotation during one TCP stream; intact; no packet dropped",
             story::rekey,
         ),
         (

@@ -1,5 +1,5 @@
 //! Steps 1 to 5: the appliances attest to each other, tenants provision keys, tenant traffic
-//! crosses the wire encrypted, a cross-tenant flow is denied, and SAs rekey under traffic.
+//! crosses the wire encrypted, a cross-tenant flow is denied, and SAs rekey and a tenant key rotates under traffic.
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
@@ -202,7 +202,7 @@ ports = [5001]
         Ok((self.c.a.peers()?, self.c.b.peers()?))
     }
 
-    /// One line per tenant and direction: epoch and SPIs.
+    /// One line per tenant and direction: epoch, key version and SPIs.
     pub fn show_sas(&self) -> Result<(), String> {
         let (ra, rb) = self.peers()?;
         let (pa, pb) = (peer(&ra, "node-b")?, peer(&rb, "node-a")?);
@@ -212,8 +212,12 @@ ports = [5001]
                     for g in &t.outbound {
                         let spis: Vec<String> =
                             g.spis.iter().map(|s| format!("{s:#010x}")).collect();
+                        let version = g
+                            .key_version
+                            .map(|v| format!("key v{v}, "))
+                            .unwrap_or_default();
                         say(&format!(
-                            "  {tenant:<7} {from} → {to}: epoch {}, one SA per worker, SPIs {}",
+                            "  {tenant:<7} {from} → {to}: epoch {}, {version}one SA per worker, SPIs {}",
                             g.epoch,
                             spis.join(" ")
                         ));
@@ -263,6 +267,18 @@ ports = [5001]
             n += metric_sum(&m, "warden_dataplane_rekeys_total", &[]).unwrap_or(0);
         }
         Ok(n)
+    }
+
+    /// The key version of acme's newest outbound SAs on both nodes (node-a → node-b,
+    /// node-b → node-a).
+    pub fn acme_key_versions(&self) -> Result<(Option<u32>, Option<u32>), String> {
+        let (ra, rb) = self.peers()?;
+        let newest = |r: &PeersResponse, to: &str| -> Result<Option<u32>, String> {
+            Ok(tenant_sas(peer(r, to)?, ACME)
+                .and_then(|t| t.outbound.iter().max_by_key(|g| g.epoch))
+                .and_then(|g| g.key_version))
+        };
+        Ok((newest(&ra, "node-b")?, newest(&rb, "node-a")?))
     }
 
     /// acme's current outbound epoch from node-a to node-b.
@@ -621,7 +637,8 @@ pub fn cross_tenant(d: &mut Demo) -> Result<String, String> {
     ))
 }
 
-/// 5. SAs rekey under a running TCP transfer, and nothing is lost.
+/// Step 5: under a running TCP transfer, SAs rekey by packet count and acme rotates its
+/// east-west key; nothing is lost.
 pub fn rekey(d: &mut Demo) -> Result<String, String> {
     let mib = d.sizes.rekey_mib;
     say(&format!(
@@ -629,11 +646,56 @@ pub fn rekey(d: &mut Demo) -> Result<String, String> {
     ));
     say("for a new epoch after that many packets (it stops at twice that). The receiver installs");
     say("the next epoch's inbound SA first, then offers it; the sender switches at once; the old");
+    say("inbound SA goes after a grace period. Meanwhile acme rotates its east-west key: version");
+    say("2 goes to node-b first, then to node-a. Each side announces the key versions it holds,");
+    say("and SAs use the older of both, so they move to version 2 once both nodes have it.");
     say(&format!(
-        "inbound SA goes after a grace period. acme sends {mib} MiB in one TCP stream:"
+        "acme sends {mib} MiB in one TCP stream, and rotates while it runs:"
     ));
+    let rng = ring::rand::SystemRandom::new();
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&rng, &mut key).map_err(|_| "no randomness")?;
+    let next = d.dir("tenants/acme").join("east-west-v2.key");
+    std::fs::write(&next, key).map_err(|e| e.to_string())?;
     let (epoch0, rekeys0, losses0) = (d.acme_epoch()?, d.rekeys()?, d.losses()?);
-    let secs = d.acme_transfer(mib)?;
+    let d: &Demo = d;
+    let (secs, rotated) = std::thread::scope(|sc| {
+        let transfer = sc.spawn(|| d.acme_transfer(mib));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut rotated = Ok(());
+        for i in [1, 0] {
+            let site = [&d.c.a, &d.c.b][i];
+            let (ok, out) = show::wardctl(
+                site,
+                As::Tenant(ACME),
+                &[
+                    "keys",
+                    "rotate",
+                    "east-west",
+                    "--reference",
+                    path(&d.published[i]),
+                    "--key-file",
+                    path(&next),
+                ],
+                2,
+            );
+            if !ok {
+                rotated = Err(format!("rotating on {}: {out}", site.node.name));
+                break;
+            }
+        }
+        let secs = transfer
+            .join()
+            .unwrap_or_else(|_| Err("the transfer panicked".into()));
+        (secs, rotated)
+    });
+    let secs = secs?;
+    rotated?;
+    let versions =
+        crate::cluster::poll_until(d.sizes.wait_secs, || match d.acme_key_versions()? {
+            (Some(2), Some(2)) => Ok(()),
+            other => Err(format!("acme's newest SAs are keyed with {other:?}")),
+        });
     let (epoch1, rekeys1, losses1) = (d.acme_epoch()?, d.rekeys()?, d.losses()?);
     say(&format!(
         "  {mib} MiB arrived intact in {secs:.2} s ({}), byte for byte",
@@ -661,6 +723,7 @@ pub fn rekey(d: &mut Demo) -> Result<String, String> {
         }
     ));
     d.show_sas()?;
+    versions?;
     ensure(
         epoch1 >= epoch0 + 2,
         format!("only {} rekeys during the transfer", epoch1 - epoch0),
@@ -670,7 +733,8 @@ pub fn rekey(d: &mut Demo) -> Result<String, String> {
         format!("{total} packets dropped: {}", lost.join(", ")),
     )?;
     Ok(format!(
-        "{mib} MiB intact across {} rekeys (epoch {epoch0} → {epoch1}); 0 packets dropped",
+        "{mib} MiB intact across {} rekeys (epoch {epoch0} → {epoch1}) and acme's key \
+         rotation to v2; 0 packets dropped",
         epoch1 - epoch0
     ))
 }

@@ -173,9 +173,10 @@ pub(super) async fn run(
         tokio::select! {
             f = frames.recv() => match f {
                 Some(Ok(m)) => {
-                    // A rekey request is answered at once, not at the next tick: the sender's
-                    // SA may reach its hard limit within the tick at line rate.
-                    let rekey = matches!(m, Message::RekeyRequest { .. });
+                    // A rekey request (or the peer's new key versions) is acted on at once,
+                    // not at the next tick: the sender's SA may reach its hard limit within
+                    // the tick at line rate.
+                    let rekey = matches!(m, Message::RekeyRequest { .. } | Message::Keys { .. });
                     queue.extend(run.session.on_message(m, Instant::now()));
                     if rekey {
                         queue.extend(run.tick());
@@ -427,6 +428,8 @@ impl Run<'_> {
                 let now = Instant::now();
                 match installed {
                     Ok(spi_base) => {
+                        self.peer
+                            .set(|s| s.keyed(&tenant, false, epoch, key_version));
                         tracing::info!(peer = %self.peer.node, %tenant, epoch, key_version, spi_base = format_args!("{spi_base:#x}"), "peering: inbound SAs installed; offering them");
                         Ok(self.session.inbound_installed(
                             &tenant,
@@ -484,11 +487,14 @@ impl Run<'_> {
                 };
                 match installed {
                     Ok(()) => {
+                        self.peer
+                            .set(|s| s.keyed(&tenant, true, epoch, key_version));
                         tracing::info!(peer = %self.peer.node, %tenant, epoch, key_version, spi_base = format_args!("{spi_base:#x}"), "peering: outbound SAs installed");
                         self.session.outbound_installed(&tenant, epoch);
                     }
                     Err(why) => {
-                        self.session.outbound_failed(&tenant, Instant::now());
+                        self.session
+                            .outbound_failed(&tenant, key_version, Instant::now());
                         self.sa_refused(&tenant, "outbound", epoch, key_version, &why)
                             .await;
                     }

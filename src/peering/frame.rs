@@ -3,7 +3,7 @@
 //! ```text
 //!  frame = length (u32, big-endian, 1..=MAX_FRAME) ‖ JSON message of that many bytes
 //!  message = {"type": "hello" | "challenge" | "evidence" | "verdict" | "offer" |
-//!             "rekey_request" | "withdraw" | "ping" | "pong", ...fields}
+//!             "keys" | "rekey_request" | "withdraw" | "ping" | "pong", ...fields}
 //! ```
 //!
 //! Pure: bytes in, a validated [`Message`] out. The length is checked before anything else
@@ -11,6 +11,8 @@
 //! bytes are refused, and every name, nonce and PCR list is checked here, at the boundary, so
 //! the protocol code only sees well-formed values. The fuzz target `peer_frame` includes this
 //! file as it is, so it depends on nothing but serde, serde_json, thiserror and warden-attest.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use warden_attest::Evidence;
@@ -28,6 +30,8 @@ pub const MIN_NONCE: usize = 16;
 pub const MAX_NONCE: usize = 64;
 /// Most sending workers a node may announce (the SPI has 8 bits for the worker).
 pub const MAX_WORKERS: u16 = 256;
+/// Most tenants a `keys` message may name (each entry is at most about 75 bytes of JSON).
+pub const MAX_KEY_ENTRIES: usize = 2048;
 /// PCR indices of a PC-client TPM.
 const PCR_COUNT: u8 = 24;
 
@@ -67,6 +71,12 @@ pub enum Message {
         spi_base: u32,
         workers: u16,
     },
+    /// The current version of each tenant's east-west key this side holds; sent once
+    /// attested and whenever it changes. A receiver offers SAs under the older of its own
+    /// version and this one, so it never offers a version the other side cannot take yet.
+    Keys {
+        versions: BTreeMap<String, u32>,
+    },
     /// The sender's SAs for `tenant` reached a soft limit: please offer the next epoch.
     RekeyRequest {
         tenant: String,
@@ -89,6 +99,7 @@ impl Message {
             Message::Evidence { .. } => "evidence",
             Message::Verdict { .. } => "verdict",
             Message::Offer { .. } => "offer",
+            Message::Keys { .. } => "keys",
             Message::RekeyRequest { .. } => "rekey_request",
             Message::Withdraw { .. } => "withdraw",
             Message::Ping {} => "ping",
@@ -267,6 +278,24 @@ fn check(m: &Message) -> Result<(), FrameError> {
             }
             workers(*w)
         }
+        Message::Keys { versions } => {
+            if versions.len() > MAX_KEY_ENTRIES {
+                return Err(invalid(
+                    "versions",
+                    format!("{} tenants; at most {MAX_KEY_ENTRIES}", versions.len()),
+                ));
+            }
+            for (tenant, version) in versions {
+                name("versions", tenant)?;
+                if *version == 0 {
+                    return Err(invalid(
+                        "versions",
+                        format!("tenant {tenant:?}: key versions start at 1"),
+                    ));
+                }
+            }
+            Ok(())
+        }
         Message::RekeyRequest { tenant } | Message::Withdraw { tenant } => name("tenant", tenant),
         Message::Ping {} | Message::Pong {} => Ok(()),
     }
@@ -323,6 +352,12 @@ mod tests {
                 key_version: 2,
                 spi_base: 0x100,
                 workers: 4,
+            },
+            Message::Keys {
+                versions: [("acme".to_owned(), 2), ("globex".to_owned(), 1)].into(),
+            },
+            Message::Keys {
+                versions: BTreeMap::new(),
             },
             Message::RekeyRequest {
                 tenant: "acme".into(),
@@ -481,6 +516,11 @@ mod tests {
                 "tenant",
             ),
             (br#"{"type":"withdraw","tenant":""}"#, "tenant"),
+            (
+                br#"{"type":"keys","versions":{"acme":1,"Acme":1}}"#,
+                "versions",
+            ),
+            (br#"{"type":"keys","versions":{"acme":0}}"#, "versions"),
         ];
         for (body, field) in cases {
             match decode_body(body) {
@@ -488,6 +528,31 @@ mod tests {
                 other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
             }
         }
+    }
+
+    #[test]
+    fn a_keys_message_names_a_bounded_number_of_tenants() {
+        let versions = |n: usize| Message::Keys {
+            versions: (0..n).map(|i| (format!("tenant-{i}"), 1)).collect(),
+        };
+        let full = encode(&versions(MAX_KEY_ENTRIES)).unwrap();
+        assert!(full.len() <= HEADER_LEN + MAX_FRAME, "{}", full.len());
+        assert_eq!(decode(&full).unwrap().0, versions(MAX_KEY_ENTRIES));
+        assert!(matches!(
+            encode(&versions(MAX_KEY_ENTRIES + 1)),
+            Err(FrameError::Invalid {
+                field: "versions",
+                ..
+            })
+        ));
+        let body = serde_json::to_vec(&versions(MAX_KEY_ENTRIES + 1)).unwrap();
+        assert!(matches!(
+            decode_body(&body),
+            Err(FrameError::Invalid {
+                field: "versions",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub struct AttestationStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SaGroup {
     pub epoch: u64,
+    /// The version of the tenant's east-west key the epoch was keyed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_version: Option<u32>,
     pub spi_base: u32,
     pub spis: Vec<u32>,
     pub packets: u64,
@@ -176,6 +179,19 @@ struct StatusData {
     policy_version: Option<u64>,
     handshake_ms: Option<u64>,
     last_error: Option<String>,
+    /// The tenant key version each SA epoch was keyed with: (tenant, outbound, epoch).
+    key_versions: BTreeMap<(String, bool, u64), u32>,
+}
+
+impl StatusData {
+    /// Remember the key version of a new epoch; older epochs of the same tenant and direction
+    /// than the two before it are gone from the tunnel by then, so they are forgotten.
+    fn keyed(&mut self, tenant: &str, outbound: bool, epoch: u64, key_version: u32) {
+        self.key_versions
+            .retain(|(t, o, e), _| !(t == tenant && *o == outbound && e.saturating_add(2) < epoch));
+        self.key_versions
+            .insert((tenant.to_owned(), outbound, epoch), key_version);
+    }
 }
 
 /// One peer of the policy in force.
@@ -375,6 +391,14 @@ impl PeerService {
                         }
                         None => groups.push(SaGroup {
                             epoch: sa.epoch,
+                            key_version: s
+                                .key_versions
+                                .get(&(
+                                    sa.tenant.clone(),
+                                    matches!(sa.direction, Direction::Outbound),
+                                    sa.epoch,
+                                ))
+                                .copied(),
                             spi_base: base,
                             spis: vec![sa.spi],
                             packets: sa.packets,
@@ -419,17 +443,19 @@ impl PeerService {
     }
 }
 
-/// The manager: every [`MANAGE_EVERY`] (and at each policy change, and as soon as the data
-/// plane asks for a rekey), rebuild the snapshot and
+/// The manager: every [`MANAGE_EVERY`] (and at each policy change, each change to the vault's
+/// keys, and as soon as the data plane asks for a rekey), rebuild the snapshot and
 /// start, keep or retire one entry per peer of the policy in force.
 async fn manage(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     let mut changes = inner.policy.subscribe();
+    let mut keys = inner.vault.subscribe();
     loop {
         tokio::select! {
             () = tokio::time::sleep(MANAGE_EVERY) => {}
             () = inner.rekey_now.notified() => {}
             r = changes.changed() => if r.is_err() { break },
+            r = keys.changed() => if r.is_err() { break },
             _ = stop.changed() => break,
         }
         if *stop.borrow() {
@@ -556,6 +582,7 @@ impl Inner {
                     policy_version: None,
                     handshake_ms: None,
                     last_error: None,
+                    key_versions: BTreeMap::new(),
                 }),
                 generation: watch::Sender::new(0),
                 running: tokio::sync::Mutex::new(()),

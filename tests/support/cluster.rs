@@ -328,6 +328,36 @@ impl Site {
         checked(self.wardctl(&args))
     }
 
+    /// `wardctl keys rotate east-west --key-file` as `tenant`, after verifying the node
+    /// against `reference`: the next version of the tenant's east-west key is `key`.
+    pub fn rotate_tenant_key(
+        &self,
+        tenant: &str,
+        key: &[u8],
+        reference: &toml::Table,
+    ) -> Result<String, String> {
+        let dir = self.node.dir.path();
+        let reference_file = dir.join(format!("{tenant}-reference.toml"));
+        std::fs::write(&reference_file, toml::to_string(reference).unwrap()).unwrap();
+        let key_file = dir.join(format!("{tenant}-east-west-next.bin"));
+        std::fs::write(&key_file, key).unwrap();
+        let mut args: Vec<String> = [
+            "keys",
+            "rotate",
+            "east-west",
+            "--reference",
+            s(&reference_file),
+            "--key-file",
+            s(&key_file),
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        args.extend(self.connection(Some(&format!("warden:tenant:{tenant}"))));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        checked(self.wardctl(&args))
+    }
+
     /// `wardctl policy apply` of `document` (written to `policy-<name>.toml`) as the operator.
     pub fn apply_policy_named(&self, name: &str, document: &str) -> Result<String, String> {
         let file = self.node.dir.path().join(format!("policy-{name}.toml"));

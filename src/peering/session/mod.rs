@@ -197,7 +197,13 @@ pub struct Session {
     // Sender: outbound SAs by tenant.
     outbound: BTreeMap<String, OutboundSa>,
     offered: BTreeMap<String, u64>,
-    offer_retry: BTreeMap<String, Instant>,
+    /// Offers that could not be taken: when to ask again, and the key version they needed
+    /// (asked again at once when this side gets it).
+    offer_retry: BTreeMap<String, (Instant, u32)>,
+    /// Key versions: the peer's, from its last `keys` message (`None`: none yet), and the
+    /// last this side announced.
+    peer_keys: Option<BTreeMap<String, u32>>,
+    announced_keys: Option<BTreeMap<String, u32>>,
 }
 
 impl Session {
@@ -241,6 +247,8 @@ impl Session {
             outbound: BTreeMap::new(),
             offered: BTreeMap::new(),
             offer_retry: BTreeMap::new(),
+            peer_keys: None,
+            announced_keys: None,
         }
     }
 
@@ -409,7 +417,10 @@ impl Session {
                     (true, true) => Vec::new(),
                 }
             }
-            Message::Offer { .. } | Message::RekeyRequest { .. } | Message::Withdraw { .. }
+            Message::Offer { .. }
+            | Message::Keys { .. }
+            | Message::RekeyRequest { .. }
+            | Message::Withdraw { .. }
                 if !attested =>
             {
                 self.violation(format!(
@@ -445,6 +456,11 @@ impl Session {
                     spi_base,
                     proof: MutuallyAttested(()),
                 }]
+            }
+            Message::Keys { versions } => {
+                // Acted on at the next tick (the driver ticks at once).
+                self.peer_keys = Some(versions);
+                Vec::new()
             }
             Message::RekeyRequest { tenant } => {
                 if let Some(sa) = self.inbound.get_mut(&tenant) {
@@ -578,11 +594,13 @@ impl Session {
         );
     }
 
-    /// An offer for `tenant` could not be taken; ask for another one later (once this side
-    /// holds a usable key for the tenant).
-    pub fn outbound_failed(&mut self, tenant: &str, now: Instant) {
+    /// An offer for `tenant` under `key_version` could not be taken; ask for another one
+    /// [`RETRY_AFTER`] later, or as soon as this side holds that key version (a tenant that
+    /// rotates puts the new version on one appliance, then the other: the one that gets it
+    /// first offers it), whichever comes first.
+    pub fn outbound_failed(&mut self, tenant: &str, key_version: u32, now: Instant) {
         self.offer_retry
-            .insert(tenant.to_owned(), now + RETRY_AFTER);
+            .insert(tenant.to_owned(), (now + RETRY_AFTER, key_version));
     }
 
     /// Time passes. `keys`: the tenants this side holds a usable east-west key for, with the
@@ -644,8 +662,19 @@ impl Session {
             _ => {}
         }
 
+        // Announce this side's key versions when they changed (first: once attested).
+        if self.announced_keys.as_ref() != Some(keys) {
+            self.announced_keys = Some(keys.clone());
+            actions.push(Action::Send(Message::Keys {
+                versions: keys.clone(),
+            }));
+        }
+
         // Receiver: retire SAs past their grace, withdraw tenants without a key, install
-        // missing ones, rekey on request, on age and on a new key version.
+        // missing ones, rekey on request, on age and on a new key version. SAs are keyed
+        // with the older of this side's version and the peer's: never a version the peer
+        // does not hold yet (a tenant rotating puts the new version on one appliance, then
+        // the other), and not before the peer has said which it holds.
         let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
             .into_iter()
             .partition(|(at, _, _)| now >= *at);
@@ -668,7 +697,11 @@ impl Session {
                 actions.push(Action::Send(Message::Withdraw { tenant }));
             }
         }
-        for (tenant, version) in keys {
+        for (tenant, local) in keys {
+            let Some(peer) = self.peer_keys.as_ref().and_then(|p| p.get(tenant)) else {
+                continue;
+            };
+            let version = (*local).min(*peer);
             if self.installing.contains(tenant)
                 || self.install_retry.get(tenant).is_some_and(|at| now < *at)
             {
@@ -678,7 +711,7 @@ impl Session {
                 None => true,
                 Some(sa) => {
                     let age = now.saturating_duration_since(sa.installed);
-                    sa.key_version != *version
+                    sa.key_version != version
                         || age >= self.timers.rekey_interval
                         || (sa.rekey_requested && age >= MIN_REKEY_SPACING)
                 }
@@ -690,7 +723,7 @@ impl Session {
                 actions.push(Action::InstallInbound {
                     tenant: tenant.clone(),
                     epoch,
-                    key_version: *version,
+                    key_version: version,
                     peer_workers: self.peer_workers,
                     proof: MutuallyAttested(()),
                 });
@@ -719,9 +752,14 @@ impl Session {
                 }
             }
         }
-        for (tenant, at) in self.offer_retry.iter_mut() {
-            if now >= *at && keys.contains_key(tenant) {
+        for (tenant, (at, needed)) in self.offer_retry.iter_mut() {
+            let Some(held) = keys.get(tenant) else {
+                continue;
+            };
+            if now >= *at || *held >= *needed {
+                // From now on only the clock retries, should this offer fail too.
                 *at = now + RETRY_AFTER;
+                *needed = u32::MAX;
                 actions.push(Action::Send(Message::RekeyRequest {
                     tenant: tenant.clone(),
                 }));

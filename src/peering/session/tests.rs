@@ -36,6 +36,20 @@ fn closed(actions: &[Action]) -> Option<&Close> {
     })
 }
 
+/// `Session::tick` without the `keys` announcements (the tests below look at SAs; the
+/// announcements have their own tests).
+fn tick(
+    s: &mut Session,
+    now: Instant,
+    keys: &BTreeMap<String, u32>,
+    rekey_wanted: &[(String, u64)],
+) -> Vec<Action> {
+    s.tick(now, keys, rekey_wanted)
+        .into_iter()
+        .filter(|a| !matches!(a, Action::Send(Message::Keys { .. })))
+        .collect()
+}
+
 fn keys(list: &[(&str, u32)]) -> BTreeMap<String, u32> {
     list.iter().map(|(t, v)| ((*t).to_owned(), *v)).collect()
 }
@@ -79,7 +93,7 @@ fn attested() -> (Session, Instant) {
     );
     assert!(matches!(a[..], [Action::Verify { first: true, .. }]));
     assert!(
-        s.tick(t0, &keys(&[("acme", 1)]), &[])
+        tick(&mut s, t0, &keys(&[("acme", 1)]), &[])
             .iter()
             .all(|a| !matches!(a, Action::InstallInbound { .. })),
         "no SA before attestation"
@@ -96,13 +110,21 @@ fn attested() -> (Session, Instant) {
     );
     assert!(matches!(a[..], [Action::Attested]));
     assert_eq!(s.phase(), Phase::Attested);
+    // The peer holds every version the tests use: this side's own version decides.
+    let a = s.on_message(
+        Message::Keys {
+            versions: keys(&[("acme", 1000), ("globex", 1000)]),
+        },
+        t0,
+    );
+    assert!(a.is_empty(), "{a:?}");
     (s, t0)
 }
 
 #[test]
 fn the_receiver_installs_offers_and_the_sender_installs_on_offer() {
     let (mut s, t0) = attested();
-    let a = s.tick(t0, &keys(&[("acme", 2)]), &[]);
+    let a = tick(&mut s, t0, &keys(&[("acme", 2)]), &[]);
     let [Action::InstallInbound {
         tenant,
         epoch: 1,
@@ -115,7 +137,7 @@ fn the_receiver_installs_offers_and_the_sender_installs_on_offer() {
     };
     assert_eq!(tenant, "acme");
     // While the install runs, no second one.
-    assert!(s.tick(t0, &keys(&[("acme", 2)]), &[]).is_empty());
+    assert!(tick(&mut s, t0, &keys(&[("acme", 2)]), &[]).is_empty());
     let a = s.inbound_installed("acme", 1, 2, 0x100, t0);
     assert!(matches!(
         sends(&a)[..],
@@ -158,7 +180,7 @@ fn the_receiver_installs_offers_and_the_sender_installs_on_offer() {
 fn rekey_is_make_before_break_and_requested_once_per_epoch() {
     let (mut s, t0) = attested();
     let k = keys(&[("acme", 1)]);
-    s.tick(t0, &k, &[]);
+    tick(&mut s, t0, &k, &[]);
     s.inbound_installed("acme", 1, 1, 0x100, t0);
     s.on_message(
         Message::Offer {
@@ -174,9 +196,9 @@ fn rekey_is_make_before_break_and_requested_once_per_epoch() {
 
     // Sender side: the tunnel wants a rekey; one request per epoch.
     let want = vec![("acme".to_owned(), 1)];
-    let a = s.tick(t0, &k, &want);
+    let a = tick(&mut s, t0, &k, &want);
     assert!(matches!(sends(&a)[..], [Message::RekeyRequest { .. }]));
-    assert!(sends(&s.tick(t0, &k, &want)).is_empty());
+    assert!(sends(&tick(&mut s, t0, &k, &want)).is_empty());
 
     // Receiver side: the peer asks; honoured once MIN_REKEY_SPACING has passed.
     s.on_message(
@@ -185,9 +207,9 @@ fn rekey_is_make_before_break_and_requested_once_per_epoch() {
         },
         t0,
     );
-    assert!(s.tick(t0, &k, &[]).is_empty());
+    assert!(tick(&mut s, t0, &k, &[]).is_empty());
     let t1 = t0 + MIN_REKEY_SPACING;
-    let a = s.tick(t1, &k, &[]);
+    let a = tick(&mut s, t1, &k, &[]);
     assert!(
         matches!(a[..], [Action::InstallInbound { epoch: 2, .. }]),
         "{a:?}"
@@ -203,12 +225,12 @@ fn rekey_is_make_before_break_and_requested_once_per_epoch() {
         }]
     ));
     // The old inbound SA stays for the grace period, then goes.
-    let a = s.tick(t1 + T.grace - Duration::from_millis(1), &k, &[]);
+    let a = tick(&mut s, t1 + T.grace - Duration::from_millis(1), &k, &[]);
     assert!(
         !a.iter().any(|a| matches!(a, Action::RemoveInbound { .. })),
         "{a:?}"
     );
-    let a = s.tick(t1 + T.grace, &k, &[]);
+    let a = tick(&mut s, t1 + T.grace, &k, &[]);
     assert!(
         matches!(
             a[..],
@@ -222,7 +244,7 @@ fn rekey_is_make_before_break_and_requested_once_per_epoch() {
 
     // Age and a new key version also rekey.
     let t2 = t1 + T.grace + Duration::from_millis(1);
-    let a = s.tick(t2, &keys(&[("acme", 2)]), &[]);
+    let a = tick(&mut s, t2, &keys(&[("acme", 2)]), &[]);
     assert!(
         matches!(
             a[..],
@@ -236,7 +258,7 @@ fn rekey_is_make_before_break_and_requested_once_per_epoch() {
     );
     s.inbound_installed("acme", 3, 2, 0x500, t2);
     s.on_message(Message::Pong {}, t2 + T.rekey_interval);
-    let a = s.tick(t2 + T.rekey_interval, &keys(&[("acme", 2)]), &[]);
+    let a = tick(&mut s, t2 + T.rekey_interval, &keys(&[("acme", 2)]), &[]);
     assert!(
         a.iter()
             .any(|a| matches!(a, Action::InstallInbound { epoch: 4, .. })),
@@ -251,26 +273,26 @@ fn rekey_is_make_before_break_and_requested_once_per_epoch() {
 fn a_stale_rekey_wish_does_not_spend_the_new_epochs_request() {
     let (mut s, t0) = attested();
     let k = keys(&[("acme", 1)]);
-    s.tick(t0, &k, &[]);
+    tick(&mut s, t0, &k, &[]);
     s.outbound_installed("acme", 1);
-    let a = s.tick(t0, &k, &[("acme".to_owned(), 1)]);
+    let a = tick(&mut s, t0, &k, &[("acme".to_owned(), 1)]);
     assert!(matches!(sends(&a)[..], [Message::RekeyRequest { .. }]));
     s.outbound_installed("acme", 2);
     // Still the epoch-1 wish: ignored.
-    assert!(sends(&s.tick(t0, &k, &[("acme".to_owned(), 1)])).is_empty());
+    assert!(sends(&tick(&mut s, t0, &k, &[("acme".to_owned(), 1)])).is_empty());
     // Epoch 2 reaches its limit: asked for at once, and only once.
-    let a = s.tick(t0, &k, &[("acme".to_owned(), 2)]);
+    let a = tick(&mut s, t0, &k, &[("acme".to_owned(), 2)]);
     assert!(
         matches!(sends(&a)[..], [Message::RekeyRequest { .. }]),
         "{a:?}"
     );
-    assert!(sends(&s.tick(t0, &k, &[("acme".to_owned(), 2)])).is_empty());
+    assert!(sends(&tick(&mut s, t0, &k, &[("acme".to_owned(), 2)])).is_empty());
 }
 
 #[test]
 fn tenants_without_a_key_are_withdrawn_and_epochs_never_restart() {
     let (mut s, t0) = attested();
-    s.tick(t0, &keys(&[("acme", 1)]), &[]);
+    tick(&mut s, t0, &keys(&[("acme", 1)]), &[]);
     s.inbound_installed("acme", 1, 1, 0x100, t0);
     s.on_message(
         Message::Offer {
@@ -283,7 +305,7 @@ fn tenants_without_a_key_are_withdrawn_and_epochs_never_restart() {
         t0,
     );
     s.outbound_installed("acme", 1);
-    let a = s.tick(t0, &keys(&[]), &[]);
+    let a = tick(&mut s, t0, &keys(&[]), &[]);
     assert!(a.iter().any(|a| matches!(
         a,
         Action::RemoveInbound {
@@ -294,7 +316,7 @@ fn tenants_without_a_key_are_withdrawn_and_epochs_never_restart() {
     assert!(a.iter().any(|a| matches!(a, Action::RemoveOutbound { .. })));
     assert!(matches!(sends(&a)[..], [Message::Withdraw { .. }]));
     // Back again: the next epoch, not 1.
-    let a = s.tick(t0, &keys(&[("acme", 1)]), &[]);
+    let a = tick(&mut s, t0, &keys(&[("acme", 1)]), &[]);
     assert!(
         matches!(a[..], [Action::InstallInbound { epoch: 2, .. }]),
         "{a:?}"
@@ -314,23 +336,66 @@ fn tenants_without_a_key_are_withdrawn_and_epochs_never_restart() {
 fn failed_installs_and_offers_are_retried_later() {
     let (mut s, t0) = attested();
     let k = keys(&[("acme", 1)]);
-    s.tick(t0, &k, &[]);
+    tick(&mut s, t0, &k, &[]);
     s.inbound_failed("acme", t0);
-    assert!(s.tick(t0 + Duration::from_secs(1), &k, &[]).is_empty());
-    let a = s.tick(t0 + RETRY_AFTER, &k, &[]);
+    assert!(tick(&mut s, t0 + Duration::from_secs(1), &k, &[]).is_empty());
+    let a = tick(&mut s, t0 + RETRY_AFTER, &k, &[]);
     assert!(
         a.iter()
             .any(|a| matches!(a, Action::InstallInbound { epoch: 2, .. })),
         "{a:?}"
     );
 
-    s.outbound_failed("globex", t0);
+    s.outbound_failed("globex", 1, t0);
     // Without a key for it there is nothing to ask for.
-    assert!(sends(&s.tick(t0 + RETRY_AFTER, &k, &[])).is_empty());
-    let a = s.tick(t0 + RETRY_AFTER, &keys(&[("acme", 1), ("globex", 1)]), &[]);
+    assert!(sends(&tick(&mut s, t0 + RETRY_AFTER, &k, &[])).is_empty());
+    let a = tick(
+        &mut s,
+        t0 + RETRY_AFTER,
+        &keys(&[("acme", 1), ("globex", 1)]),
+        &[],
+    );
     assert!(sends(&a)
         .iter()
         .any(|m| matches!(m, Message::RekeyRequest { tenant } if tenant == "globex")));
+}
+
+/// The peer got the tenant's new key version first and offered SAs under it; this side
+/// could not take the offer. It asks again as soon as it holds that version, not
+/// RETRY_AFTER later (meanwhile its old SAs run towards their hard limit).
+#[test]
+fn a_refused_offer_is_asked_again_once_the_key_version_arrives() {
+    let (mut s, t0) = attested();
+    tick(&mut s, t0, &keys(&[("acme", 1)]), &[]);
+    s.outbound_installed("acme", 1);
+    s.on_message(
+        Message::Offer {
+            tenant: "acme".into(),
+            epoch: 2,
+            key_version: 2,
+            spi_base: 0x400,
+            workers: 2,
+        },
+        t0,
+    );
+    s.outbound_failed("acme", 2, t0);
+    // Still version 1 here: nothing to ask for yet.
+    assert!(sends(&tick(&mut s, t0, &keys(&[("acme", 1)]), &[])).is_empty());
+    // Version 2 arrives: asked at once, once.
+    let a = tick(&mut s, t0, &keys(&[("acme", 2)]), &[]);
+    assert!(
+        sends(&a)
+            .iter()
+            .any(|m| matches!(m, Message::RekeyRequest { tenant } if tenant == "acme")),
+        "{a:?}"
+    );
+    let a = tick(&mut s, t0, &keys(&[("acme", 2)]), &[]);
+    assert!(
+        !sends(&a)
+            .iter()
+            .any(|m| matches!(m, Message::RekeyRequest { .. })),
+        "{a:?}"
+    );
 }
 
 #[test]
@@ -339,7 +404,7 @@ fn reattestation_must_be_answered_within_the_interval() {
     let k = keys(&[]);
     let t1 = t0 + T.reattest_interval;
     s.on_message(Message::Pong {}, t1);
-    let a = s.tick(t1, &k, &[]);
+    let a = tick(&mut s, t1, &k, &[]);
     assert!(
         sends(&a)
             .iter()
@@ -350,13 +415,18 @@ fn reattestation_must_be_answered_within_the_interval() {
     for i in 1..=12 {
         s.on_message(Message::Pong {}, t1 + Duration::from_secs(5 * i));
     }
-    let a = s.tick(t1 + T.reattest_interval + Duration::from_millis(1), &k, &[]);
+    let a = tick(
+        &mut s,
+        t1 + T.reattest_interval + Duration::from_millis(1),
+        &k,
+        &[],
+    );
     assert!(
         matches!(closed(&a), Some(Close::AttestationFailed(r)) if r.contains("no evidence")),
         "{a:?}"
     );
     assert_eq!(s.phase(), Phase::Closed);
-    assert!(s.tick(t1 + T.reattest_interval * 2, &k, &[]).is_empty());
+    assert!(tick(&mut s, t1 + T.reattest_interval * 2, &k, &[]).is_empty());
 }
 
 #[test]
@@ -364,7 +434,7 @@ fn a_refused_reattestation_closes_with_a_verdict() {
     let (mut s, t0) = attested();
     let t1 = t0 + T.reattest_interval;
     s.on_message(Message::Pong {}, t1);
-    s.tick(t1, &keys(&[]), &[]);
+    tick(&mut s, t1, &keys(&[]), &[]);
     let a = s.on_message(
         Message::Evidence {
             evidence: Box::new(evidence()),
@@ -403,9 +473,10 @@ fn a_refused_reattestation_closes_with_a_verdict() {
 #[test]
 fn silence_and_slow_handshakes_close_the_channel() {
     let (mut s, t0) = attested();
-    let a = s.tick(t0 + T.keepalive, &keys(&[]), &[]);
+    let a = tick(&mut s, t0 + T.keepalive, &keys(&[]), &[]);
     assert!(matches!(sends(&a)[..], [Message::Ping {}]));
-    let a = s.tick(
+    let a = tick(
+        &mut s,
         t0 + T.peer_timeout + Duration::from_millis(1),
         &keys(&[]),
         &[],
@@ -426,7 +497,12 @@ fn silence_and_slow_handshakes_close_the_channel() {
     for i in 1..=6 {
         s.on_message(Message::Pong {}, t0 + Duration::from_secs(5 * i));
     }
-    let a = s.tick(t0 + T.handshake + Duration::from_millis(1), &keys(&[]), &[]);
+    let a = tick(
+        &mut s,
+        t0 + T.handshake + Duration::from_millis(1),
+        &keys(&[]),
+        &[],
+    );
     assert!(matches!(closed(&a), Some(Close::Lost(r)) if r.contains("did not complete")));
 }
 
@@ -510,4 +586,98 @@ fn identity_reference_and_order_are_enforced_before_attestation() {
         t0,
     );
     assert!(matches!(closed(&a), Some(Close::RefusedByPeer(r)) if r.contains("pcr-values")));
+}
+
+#[test]
+fn key_versions_are_announced_once_attested_and_when_they_change() {
+    let t0 = Instant::now();
+    let mut s = Session::new("node-a", "node-b", 2, 4, None, T, t0);
+    s.start();
+    // Before attestation: nothing announced, and the peer's announcement is a violation.
+    assert!(sends(&s.tick(t0, &keys(&[("acme", 1)]), &[]))
+        .iter()
+        .all(|m| !matches!(m, Message::Keys { .. })));
+    let mut early = Session::new("node-a", "node-b", 2, 4, None, T, t0);
+    early.start();
+    let a = early.on_message(
+        Message::Keys {
+            versions: keys(&[("acme", 1)]),
+        },
+        t0,
+    );
+    assert!(matches!(closed(&a), Some(Close::Refused(_))), "{a:?}");
+
+    let (mut s, t0) = attested();
+    let announced = |a: &[Action]| -> Vec<BTreeMap<String, u32>> {
+        sends(a)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Keys { versions } => Some(versions.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let k1 = keys(&[("acme", 1)]);
+    assert_eq!(announced(&s.tick(t0, &k1, &[])), vec![k1.clone()]);
+    assert!(
+        announced(&s.tick(t0, &k1, &[])).is_empty(),
+        "only on change"
+    );
+    let k2 = keys(&[("acme", 2), ("globex", 1)]);
+    assert_eq!(announced(&s.tick(t0, &k2, &[])), vec![k2.clone()]);
+    assert_eq!(announced(&s.tick(t0, &keys(&[]), &[])), vec![keys(&[])]);
+}
+
+/// A tenant rotates its east-west key and puts version 2 on this appliance (the receiver)
+/// first. Its SAs stay on version 1 until the peer says it holds version 2, then move at once;
+/// before the peer has said anything, no SA is offered at all.
+#[test]
+fn the_receiver_offers_the_older_of_both_sides_key_versions() {
+    let t0 = Instant::now();
+    let (mut s, _) = attested();
+    // attested() announced 1000 for the peer; this peer announces what it really holds.
+    s.on_message(
+        Message::Keys {
+            versions: keys(&[("acme", 1)]),
+        },
+        t0,
+    );
+    let installs = |a: &[Action]| -> Vec<(u64, u32)> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::InstallInbound {
+                    epoch, key_version, ..
+                } => Some((*epoch, *key_version)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        installs(&s.tick(t0, &keys(&[("acme", 2)]), &[])),
+        vec![(1, 1)]
+    );
+    s.inbound_installed("acme", 1, 1, 0x100, t0);
+    // Still version 1 on the peer: no rekey for this side's version 2.
+    assert!(installs(&s.tick(t0, &keys(&[("acme", 2)]), &[])).is_empty());
+    // The peer gets version 2: the next epoch uses it, at once.
+    s.on_message(
+        Message::Keys {
+            versions: keys(&[("acme", 2)]),
+        },
+        t0,
+    );
+    assert_eq!(
+        installs(&s.tick(t0, &keys(&[("acme", 2)]), &[])),
+        vec![(2, 2)]
+    );
+
+    // A tenant the peer has announced no key for gets no SA.
+    let (mut s, t0) = attested();
+    s.on_message(
+        Message::Keys {
+            versions: keys(&[]),
+        },
+        t0,
+    );
+    assert!(installs(&s.tick(t0, &keys(&[("acme", 1)]), &[])).is_empty());
 }
