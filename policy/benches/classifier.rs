@@ -100,6 +100,11 @@ fn compile(c: &mut Criterion) {
     g.bench_function("parse+validate 10k rules", |b| {
         b.iter(|| warden_policy::parse(black_box(&text), "bench.toml").unwrap())
     });
+    // The reference: the same document through the TOML parser alone, untyped (no schema,
+    // no checks); what any TOML-configured tool pays to read it.
+    g.bench_function("toml only 10k rules", |b| {
+        b.iter(|| black_box(&text).parse::<toml::Table>().unwrap())
+    });
     let policy = warden_policy::parse(&text, "bench.toml").unwrap();
     g.bench_function("classifier 10k rules", |b| {
         b.iter(|| black_box(policy.classifier()))
