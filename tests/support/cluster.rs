@@ -304,34 +304,29 @@ impl Site {
         key: &[u8],
         reference: &toml::Table,
     ) -> Result<String, String> {
-        let dir = self.node.dir.path();
-        let reference_file = dir.join(format!("{tenant}-reference.toml"));
-        std::fs::write(&reference_file, toml::to_string(reference).unwrap()).unwrap();
-        let key_file = dir.join(format!("{tenant}-east-west.bin"));
-        std::fs::write(&key_file, key).unwrap();
-        let mut args: Vec<String> = [
-            "keys",
-            "put",
-            "east-west",
-            "--kind",
-            "east-west",
-            "--reference",
-            s(&reference_file),
-            "--key-file",
-            s(&key_file),
-        ]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .collect();
-        args.extend(self.connection(Some(&format!("warden:tenant:{tenant}"))));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        checked(self.wardctl(&args))
+        self.tenant_key(
+            &["put", "east-west", "--kind", "east-west"],
+            tenant,
+            key,
+            reference,
+        )
     }
 
-    /// `wardctl keys rotate east-west --key-file` as `tenant`, after verifying the node
-    /// against `reference`: the next version of the tenant's east-west key is `key`.
+    /// `wardctl keys rotate east-west` as `tenant`, after verifying the node against
+    /// `reference`: the next version of the tenant's east-west key is `key`.
     pub fn rotate_tenant_key(
         &self,
+        tenant: &str,
+        key: &[u8],
+        reference: &toml::Table,
+    ) -> Result<String, String> {
+        self.tenant_key(&["rotate", "east-west"], tenant, key, reference)
+    }
+
+    /// `wardctl keys <verb…> --reference --key-file` as `tenant`.
+    fn tenant_key(
+        &self,
+        verb: &[&str],
         tenant: &str,
         key: &[u8],
         reference: &toml::Table,
@@ -339,20 +334,18 @@ impl Site {
         let dir = self.node.dir.path();
         let reference_file = dir.join(format!("{tenant}-reference.toml"));
         std::fs::write(&reference_file, toml::to_string(reference).unwrap()).unwrap();
-        let key_file = dir.join(format!("{tenant}-east-west-next.bin"));
+        let key_file = dir.join(format!("{tenant}-east-west.bin"));
         std::fs::write(&key_file, key).unwrap();
-        let mut args: Vec<String> = [
-            "keys",
-            "rotate",
-            "east-west",
-            "--reference",
-            s(&reference_file),
-            "--key-file",
-            s(&key_file),
-        ]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .collect();
+        let mut args: Vec<String> = std::iter::once("keys")
+            .chain(verb.iter().copied())
+            .chain([
+                "--reference",
+                s(&reference_file),
+                "--key-file",
+                s(&key_file),
+            ])
+            .map(str::to_owned)
+            .collect();
         args.extend(self.connection(Some(&format!("warden:tenant:{tenant}"))));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         checked(self.wardctl(&args))
