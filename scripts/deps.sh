@@ -28,7 +28,8 @@ say() { echo "deps: $*"; }
 # --- Debian packages --------------------------------------------------------------------
 # gcc and libc6-dev: C code in aws-lc-rs, ring and libfuzzer; the rest: the TPM stack and its tools.
 # tshark: enforcer/tests/keylog_tshark.rs decrypts Warden's ESP with the SA key log.
-packages=(gcc g++ libc6-dev make swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config ca-certificates openssl rsyslog rsyslog-gnutls libnftnl-dev libmnl-dev nftables iproute2 procps tshark tcpdump)
+# iperf3 and ping: tests/governance_e2e.rs measures one tenant's throughput and latency under another's flood.
+packages=(gcc g++ libc6-dev make swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config ca-certificates openssl rsyslog rsyslog-gnutls libnftnl-dev libmnl-dev nftables iproute2 procps tshark tcpdump iperf3 iputils-ping)
 missing=()
 for pkg in "${packages[@]}"; do
     if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then

@@ -162,6 +162,55 @@ impl Dataplane {
                 );
             }
         }
+        let tenants = t.tenant_traffic();
+        metric(
+            out,
+            "warden_tenant_packets_total",
+            "counter",
+            "Tenant packets through the tunnel, by direction (out: sealed to peers, in: accepted from them).",
+        );
+        for tt in &tenants {
+            for (dir, n) in [("out", tt.packets_out), ("in", tt.packets_in)] {
+                let _ = writeln!(
+                    out,
+                    "warden_tenant_packets_total{{tenant=\"{}\",direction=\"{dir}\"}} {n}",
+                    label(&tt.tenant)
+                );
+            }
+        }
+        metric(
+            out,
+            "warden_tenant_bytes_total",
+            "counter",
+            "Tenant inner bytes through the tunnel, by direction.",
+        );
+        for tt in &tenants {
+            for (dir, n) in [("out", tt.bytes_out), ("in", tt.bytes_in)] {
+                let _ = writeln!(
+                    out,
+                    "warden_tenant_bytes_total{{tenant=\"{}\",direction=\"{dir}\"}} {n}",
+                    label(&tt.tenant)
+                );
+            }
+        }
+        metric(
+            out,
+            "warden_tenant_limit_hits_total",
+            "counter",
+            "Tenant packets over a policy limit, by limit (rate-limit, connection-limit, congestion) and what was done (dropped, marked).",
+        );
+        for tt in &tenants {
+            for (action, list) in [("dropped", &tt.dropped), ("marked", &tt.marked)] {
+                for (over, n) in list {
+                    let _ = writeln!(
+                        out,
+                        "warden_tenant_limit_hits_total{{tenant=\"{}\",limit=\"{}\",action=\"{action}\"}} {n}",
+                        label(&tt.tenant),
+                        over.as_str()
+                    );
+                }
+            }
+        }
         metric(
             out,
             "warden_dataplane_rekeys_total",

@@ -412,6 +412,7 @@ impl Worker {
                 }
             }
             let snap = self.tunnel.snapshot();
+            let id = self.id;
             let Worker {
                 batch,
                 coalescer,
@@ -425,7 +426,7 @@ impl Worker {
                     continue;
                 }
                 for packet in d.segments() {
-                    let Ok(del) = snap.ingress(packet) else {
+                    let Ok(del) = snap.ingress(id, packet) else {
                         continue;
                     };
                     let Some(inner) = packet.get(del.start..del.start + del.len) else {

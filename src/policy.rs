@@ -267,6 +267,7 @@ impl PolicyService {
                     tcp_ports: w.tcp_ports.clone(),
                 }),
                 flows: Vec::new(),
+                limits: Vec::new(),
             },
         }
     }

@@ -110,6 +110,9 @@ pub struct Summary {
     pub tenants: usize,
     pub segments: usize,
     pub rules: Vec<String>,
+    /// Each limit, e.g. `l0: tenant globex: 100000000 bit/s (burst 65536 B); drop`.
+    #[serde(default)]
+    pub limits: Vec<String>,
 }
 
 fn summary(p: &Policy) -> Summary {
@@ -121,6 +124,12 @@ fn summary(p: &Policy) -> Summary {
         tenants: p.tenants.len(),
         segments: p.segments.len(),
         rules: p.rules.iter().map(|r| p.describe(r)).collect(),
+        limits: p
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("l{i}: {}", p.describe_limit(l)))
+            .collect(),
     }
 }
 
@@ -137,6 +146,7 @@ async fn show(State(s): State<AppState>, caller: Caller) -> Result<Response, Api
             serde_json::json!({
                 "rules": c.rules.iter().map(|(k, v)| (k.clone(), count(v))).collect::<serde_json::Map<_, _>>(),
                 "flows_dropped": count(&c.flows_dropped),
+                "limits": c.limits.iter().map(|(k, v)| (k.clone(), count(v))).collect::<serde_json::Map<_, _>>(),
                 "wire_accepted": count(&c.wire_accepted),
                 "wire_dropped": count(&c.wire_dropped),
             })

@@ -234,6 +234,16 @@ pub async fn show(http: &reqwest::Client, base: &str, document: bool) -> anyhow:
             );
         }
     }
+    for l in at(p, "/limits").as_array().into_iter().flatten() {
+        let text = l.as_str().unwrap_or_default();
+        let name = text.split(':').next().unwrap_or_default();
+        let over = at(counters, &format!("/limits/{name}/packets"));
+        if over.is_null() {
+            println!("  limit {text}");
+        } else {
+            println!("  limit {text}  ({over} packets over)");
+        }
+    }
     let dropped = at(counters, "/flows_dropped/packets");
     if !dropped.is_null() {
         println!("  denied  {dropped} packets (no rule allows them)");

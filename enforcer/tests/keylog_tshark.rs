@@ -386,7 +386,7 @@ fn tshark_decrypts_a_capture_with_the_key_log() {
     // Each is a genuine Warden packet: node-b accepts it.
     for (esp, _, packet) in &sent {
         let mut p = esp.clone();
-        let d = b.snapshot().ingress(&mut p).unwrap();
+        let d = b.snapshot().ingress(0, &mut p).unwrap();
         assert_eq!(&p[d.start..d.start + d.len], packet.as_slice());
     }
 

@@ -466,3 +466,164 @@ fn a_ten_thousand_rule_plan_applies() {
     t.r.run(nft::remove).expect("remove");
     eprintln!("remove {:?}", started.elapsed());
 }
+
+/// A plan allowing A -> B UDP 5353 and TCP 8080, with `limits`.
+fn limited_plan(version: u64, limits: Vec<nft::LimitRule>) -> nft::NftPlan {
+    let mut p = plan(
+        version,
+        vec![
+            rule(
+                "r0",
+                &["198.51.100.0/24"],
+                &["203.0.113.0/24"],
+                Proto::Udp,
+                &[(5353, 5353)],
+            ),
+            rule(
+                "r1",
+                &["198.51.100.0/24"],
+                &["203.0.113.0/24"],
+                Proto::Tcp,
+                &[(8080, 8080)],
+            ),
+        ],
+        None,
+    );
+    p.limits = limits;
+    p
+}
+
+/// A tenant limit on everything 198.51.100.0/24 sends.
+fn tenant_limit(
+    packets: Option<(u64, u32)>,
+    connections: Option<(u64, u32)>,
+    mark: bool,
+) -> nft::LimitRule {
+    nft::LimitRule {
+        name: "l0".into(),
+        description: "tenant acme".into(),
+        src: vec![net("198.51.100.0/24")],
+        dst: vec![net("0.0.0.0/0"), net("::/0")],
+        tenant: true,
+        packets,
+        bytes: None,
+        connections,
+        mark,
+    }
+}
+
+/// Send `n` datagrams from A to `server` at once; returns the TOS byte of each that arrived.
+fn udp_burst(t: &Topology, server: &std::net::UdpSocket, n: usize) -> Vec<u8> {
+    use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    setsockopt(server, sockopt::IpRecvTos, &true).unwrap();
+    let to = server.local_addr().unwrap();
+    t.a.run(|| {
+        let s = std::net::UdpSocket::bind(v4(A_V4, 0))?;
+        for i in 0..n {
+            s.send_to(&(i as u32).to_be_bytes(), to)?;
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut tos = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && tos.len() < n {
+        let mut buf = [0u8; 64];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!(u8);
+        let Ok(msg) = recvmsg::<()>(
+            server.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        ) else {
+            break;
+        };
+        let mut seen = 0u8;
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::Ipv4Tos(v) = c {
+                seen = v;
+            }
+        }
+        tos.push(seen);
+    }
+    tos
+}
+
+#[test]
+fn limits_drop_or_mark_what_is_over_the_rate() {
+    if skip_without_netns("limits_drop_or_mark_what_is_over_the_rate") {
+        return;
+    }
+    let t = Topology::new(false);
+    let server = udp_bind(&t.b, v4(B_V4, 5353));
+
+    // 10 packets/s with a burst of 5: of 100 sent at once, about 5 pass.
+    let p = limited_plan(1, vec![tenant_limit(Some((10, 5)), None, false)]);
+    t.r.run(|| nft::apply(&p)).expect("apply");
+    eprintln!("{}", t.nft(&["list", "table", "inet", "warden"]));
+    let got = udp_burst(&t, &server, 100);
+    assert!(
+        (3..=15).contains(&got.len()),
+        "{} of 100 datagrams passed a 10/s limit with a burst of 5",
+        got.len()
+    );
+    let c = t.r.run(nft::counters).expect("counters");
+    assert!(
+        c.limits["l0"].packets >= 85,
+        "the limit counted {:?}",
+        c.limits
+    );
+    assert!(c.rules["r0"].packets >= 1, "r0 admitted the flow");
+
+    // The same limit marking instead: everything arrives, the packets over the limit with DSCP
+    // Lower Effort (and a header checksum the receiver accepts), the others untouched.
+    let p = limited_plan(2, vec![tenant_limit(Some((10, 5)), None, true)]);
+    t.r.run(|| nft::apply(&p)).expect("apply");
+    let got = udp_burst(&t, &server, 100);
+    assert_eq!(got.len(), 100, "marked packets must still arrive");
+    let marked = got.iter().filter(|tos| **tos >> 2 == 1).count();
+    let plain = got.iter().filter(|tos| **tos == 0).count();
+    assert!(marked >= 85 && marked + plain == 100, "TOS bytes: {got:?}");
+    let c = t.r.run(nft::counters).expect("counters");
+    assert_eq!(c.limits["l0"].packets, marked as u64);
+
+    // A new-connection limit: of 12 connections opened one after the other, about the burst
+    // (3) gets through; established traffic is not held back (the UDP flow is already up).
+    let p = limited_plan(3, vec![tenant_limit(None, Some((1, 3)), false)]);
+    t.r.run(|| nft::apply(&p)).expect("apply");
+    let s = Server::start(&t.b, v4(B_V4, 8080));
+    let connected = (0..12).filter(|_| tcp_connects(&t.a, s.addr)).count();
+    assert!(
+        (2..=5).contains(&connected),
+        "{connected} of 12 connections got through a limit of 1/s with a burst of 3"
+    );
+    let c = t.r.run(nft::counters).expect("counters");
+    assert!(c.limits["l0"].packets >= 7, "{:?}", c.limits);
+
+    t.r.run(nft::remove).expect("remove");
+}
+
+#[test]
+fn limit_rules_the_kernel_cannot_take_are_refused_before_sending() {
+    let bad = |f: &dyn Fn(&mut nft::LimitRule)| {
+        let mut l = tenant_limit(Some((10, 5)), None, false);
+        f(&mut l);
+        let p = limited_plan(1, vec![l]);
+        match nft::validate(&p) {
+            Err(NftError::LimitRule { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    bad(&|l| l.packets = Some((0, 5)));
+    bad(&|l| l.packets = Some((10, 0)));
+    bad(&|l| l.packets = None);
+    bad(&|l| l.src.clear());
+    bad(&|l| l.name = "flows".into());
+    bad(&|l| l.name = "r0".into());
+    bad(&|l| l.name = "9lives".into());
+}

@@ -85,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
     for next in [4u8, 41] {
         let mut packet = vec![0u8; Outbound::sealed_len(data.len())];
         if let Ok(n) = sender.seal(data, next, &mut packet) {
-            if let Ok(d) = b.snapshot().ingress(&mut packet[..n]) {
+            if let Ok(d) = b.snapshot().ingress(0, &mut packet[..n]) {
                 assert!(d.start + d.len <= n);
             }
         }

@@ -15,6 +15,7 @@
 
 mod classify;
 mod diag;
+pub mod limits;
 mod model;
 mod parse;
 pub mod plan;
@@ -22,6 +23,7 @@ pub mod synthetic;
 
 pub use classify::{Allow, Classifier, DenyReason, Verdict};
 pub use diag::{Diagnostic, PolicyError};
+pub use limits::{Limit, LimitScope, OverLimit, Rate};
 pub use model::{Node, Policy, PortRange, Rule, Segment, Tenant, WireSettings};
 pub use parse::{parse, MAX_POLICY_BYTES};
 pub use plan::Proto;

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::plan::{FlowRule, NftPlan, Proto, WirePlan};
+use crate::limits::{Limit, LimitScope, OverLimit};
+use crate::plan::{FlowRule, LimitRule, NftPlan, Proto, WirePlan};
 
 /// An inclusive port range, `lo <= hi`, both nonzero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +76,10 @@ pub struct Policy {
     pub tenants: Vec<Tenant>,
     pub segments: Vec<Segment>,
     pub rules: Vec<Rule>,
+    /// The wire's capacity (`[wire] bits_per_second`), which guarantees share.
+    pub wire_bits_per_second: Option<u64>,
+    /// Traffic limits, at most one per tenant and one per segment pair.
+    pub limits: Vec<Limit>,
 }
 
 /// What the appliance adds to the plan: its wire interface and its own TCP ports.
@@ -119,6 +124,39 @@ impl Policy {
         s
     }
 
+    /// A limit as people read it: `tenant globex: 100000000 bit/s (burst 65536 B), 1000
+    /// new connections/s (burst 100); drop`.
+    pub fn describe_limit(&self, l: &Limit) -> String {
+        let scope = match l.scope {
+            LimitScope::Tenant(t) => format!(
+                "tenant {}",
+                self.tenants.get(t).map_or("?", |t| t.id.as_str())
+            ),
+            LimitScope::Pair { from, to } => format!(
+                "{} -> {}",
+                self.segments.get(from).map_or("?", |s| s.name.as_str()),
+                self.segments.get(to).map_or("?", |s| s.name.as_str())
+            ),
+        };
+        let mut parts = Vec::new();
+        if let Some(r) = l.bits {
+            parts.push(format!("{} bit/s (burst {} B)", r.per_second, r.burst));
+        }
+        if let Some(r) = l.packets {
+            parts.push(format!("{} packets/s (burst {})", r.per_second, r.burst));
+        }
+        if let Some(r) = l.connections {
+            parts.push(format!(
+                "{} new connections/s (burst {})",
+                r.per_second, r.burst
+            ));
+        }
+        if let Some(g) = l.guaranteed_bits {
+            parts.push(format!("guaranteed {g} bit/s"));
+        }
+        format!("{scope}: {}; {}", parts.join(", "), l.action.name())
+    }
+
     /// The nftables plan (pure). `wire`: the appliance's wire settings, if it has a wire.
     pub fn nft_plan(&self, wire: Option<&WireSettings>) -> NftPlan {
         let flows = self
@@ -152,6 +190,63 @@ impl Policy {
                 tcp_ports: w.tcp_ports.clone(),
             }),
             flows,
+            limits: self.limit_rules(),
         }
+    }
+
+    /// The nftables form of the limits that have a rate (a guarantee alone is the data
+    /// path's).
+    fn limit_rules(&self) -> Vec<LimitRule> {
+        let everything: Vec<IpNet> = ["0.0.0.0/0", "::/0"]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let burst = |b: u64| u32::try_from(b).unwrap_or(u32::MAX);
+        self.limits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.packets.is_some() || l.bits.is_some() || l.connections.is_some())
+            .map(|(i, l)| {
+                let (description, src, dst, tenant) = match l.scope {
+                    LimitScope::Tenant(t) => (
+                        format!(
+                            "tenant {}",
+                            self.tenants.get(t).map_or("?", |t| t.id.as_str())
+                        ),
+                        self.segments
+                            .iter()
+                            .filter(|s| s.tenant == t)
+                            .flat_map(|s| s.cidrs.iter().copied())
+                            .collect(),
+                        everything.clone(),
+                        true,
+                    ),
+                    LimitScope::Pair { from, to } => {
+                        let seg = |i: usize| self.segments.get(i);
+                        (
+                            format!(
+                                "{} -> {}",
+                                seg(from).map_or("?", |s| s.name.as_str()),
+                                seg(to).map_or("?", |s| s.name.as_str())
+                            ),
+                            seg(from).map(|s| s.cidrs.clone()).unwrap_or_default(),
+                            seg(to).map(|s| s.cidrs.clone()).unwrap_or_default(),
+                            false,
+                        )
+                    }
+                };
+                LimitRule {
+                    name: format!("l{i}"),
+                    description,
+                    src,
+                    dst,
+                    tenant,
+                    packets: l.packets.map(|r| (r.per_second, burst(r.burst))),
+                    bytes: l.bits.map(|r| ((r.per_second / 8).max(1), burst(r.burst))),
+                    connections: l.connections.map(|r| (r.per_second, burst(r.burst))),
+                    mark: l.action == OverLimit::Mark,
+                }
+            })
+            .collect()
     }
 }

@@ -39,6 +39,10 @@ struct RawPolicy {
     segments: Vec<RawSegment>,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
+    #[serde(default)]
+    wire: Option<crate::limits::RawWire>,
+    #[serde(default, rename = "limit")]
+    limits: Vec<crate::limits::RawLimit>,
 }
 
 #[derive(Deserialize)]
@@ -87,14 +91,20 @@ enum RawPort {
     Text(String),
 }
 
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     text: &'a str,
     file: &'a str,
     found: Vec<Diagnostic>,
 }
 
 impl Checker<'_> {
-    fn report(&mut self, span: Range<usize>, path: String, message: String, hint: Option<String>) {
+    pub(crate) fn report(
+        &mut self,
+        span: Range<usize>,
+        path: String,
+        message: String,
+        hint: Option<String>,
+    ) {
         let (line, column) = position(self.text, span.start);
         self.found.push(Diagnostic {
             file: self.file.to_owned(),
@@ -200,6 +210,7 @@ fn validate(c: &mut Checker<'_>, raw: RawPolicy, text: &str) -> Option<Policy> {
         | too_many(c, "tenants", raw.tenants.len(), MAX_TENANTS)
         | too_many(c, "segments", raw.segments.len(), MAX_SEGMENTS)
         | too_many(c, "rules", raw.rules.len(), MAX_RULES)
+        | too_many(c, "limits", raw.limits.len(), crate::limits::MAX_LIMITS)
     {
         return None;
     }
@@ -609,6 +620,20 @@ fn validate(c: &mut Checker<'_>, raw: RawPolicy, text: &str) -> Option<Policy> {
             hint: Some("use fewer, larger CIDRs per segment or wider port ranges".into()),
         });
     }
+    let wire = crate::limits::wire(c, raw.wire);
+    let wire_bits_per_second = wire.as_ref().map(|w| w.0);
+    let limits = crate::limits::limits(
+        c,
+        raw.limits,
+        wire,
+        &crate::limits::Known {
+            tenant_ids: &tenant_ids,
+            segment_ids: &segment_ids,
+            tenants: &tenants,
+            segments: &segments,
+            rules: &rules,
+        },
+    );
     if !c.found.is_empty() {
         return None;
     }
@@ -623,6 +648,8 @@ fn validate(c: &mut Checker<'_>, raw: RawPolicy, text: &str) -> Option<Policy> {
         tenants,
         segments,
         rules,
+        wire_bits_per_second,
+        limits,
     })
 }
 
@@ -744,7 +771,7 @@ pub(crate) fn bounds(net: IpNet) -> (bool, u128, u128) {
     }
 }
 
-fn known_hint<'a>(what: &str, names: impl Iterator<Item = &'a String>) -> String {
+pub(crate) fn known_hint<'a>(what: &str, names: impl Iterator<Item = &'a String>) -> String {
     let mut names: Vec<&str> = names.map(String::as_str).collect();
     names.sort_unstable();
     if names.is_empty() {

@@ -66,6 +66,33 @@ pub struct NftPlan {
     pub wire: Option<WirePlan>,
     /// Allowed forwarded flows, one per policy rule, in rule order.
     pub flows: Vec<FlowRule>,
+    /// Rate limits on forwarded tenant traffic, one per policy `[[limit]]` with a rate.
+    pub limits: Vec<LimitRule>,
+}
+
+/// One limit on forwarded traffic: packets from any of `src` to any of `dst` share these
+/// rates (nftables `limit` statements in the limit's own chain, reached through a verdict map
+/// keyed on the addresses). Guarantees are the data path's alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitRule {
+    /// Stable name: `l<index>` in policy order; the chain is named after it.
+    pub name: String,
+    /// `tenant acme` or `acme-web -> acme-db`, for comments.
+    pub description: String,
+    /// A tenant limit: every CIDR of the tenant's segments, and `dst` is every address of
+    /// each family; a pair limit: the two segments' CIDRs.
+    pub src: Vec<IpNet>,
+    pub dst: Vec<IpNet>,
+    /// Whether this is a tenant's limit (looked up after any pair's limit).
+    pub tenant: bool,
+    /// (per second, burst) in packets.
+    pub packets: Option<(u64, u32)>,
+    /// (per second, burst) in bytes.
+    pub bytes: Option<(u64, u32)>,
+    /// (per second, burst) in new connections (conntrack state new).
+    pub connections: Option<(u64, u32)>,
+    /// Over the limit: mark (DSCP Lower Effort) instead of drop.
+    pub mark: bool,
 }
 
 /// What may cross the wire interface.

@@ -194,13 +194,15 @@ pub(crate) fn stage(layout: &Layout<'_>, generation: Generation, existing: &Exis
     }
 
     let plan = layout.plan();
-    let chains: Vec<Chain<'_>> = plan
+    let names: Vec<&str> = plan
         .flows
         .iter()
-        .map(|r| Chain::new(c(&r.name), &table))
+        .map(|r| r.name.as_str())
+        .chain(plan.limits.iter().map(|l| l.name.as_str()))
         .collect();
-    for (chain, rule) in chains.iter().zip(&plan.flows) {
-        b.add(chain, MsgType::Add, format!("chain {:?}", rule.name));
+    let chains: Vec<Chain<'_>> = names.iter().map(|n| Chain::new(c(n), &table)).collect();
+    for (chain, name) in chains.iter().zip(&names) {
+        b.add(chain, MsgType::Add, format!("chain {name:?}"));
     }
 
     for kind in MapKind::ALL {
@@ -220,7 +222,11 @@ pub(crate) fn stage(layout: &Layout<'_>, generation: Generation, existing: &Exis
                 .position(|e| e.rule != first.rule)
                 .map_or(elements.len(), |n| start + n);
             let group = elements.get(start..end).unwrap_or_default();
-            let rule_name = plan.flows.get(first.rule).map_or("?", |r| r.name.as_str());
+            let rule_name = if kind.is_limit() {
+                plan.limits.get(first.rule).map_or("?", |l| l.name.as_str())
+            } else {
+                plan.flows.get(first.rule).map_or("?", |r| r.name.as_str())
+            };
             add_map_elements(&mut b, &table, &map_name, id, rule_name, group);
             start = end;
         }
@@ -238,8 +244,25 @@ pub(crate) fn switch(layout: &Layout<'_>, generation: Generation, existing: &Exi
     let wire = layout.wire.as_ref();
 
     // Chains this plan needs, and which of them hook into the stack.
-    let mut needed: BTreeSet<&str> = plan.flows.iter().map(|r| r.name.as_str()).collect();
+    let mut needed: BTreeSet<&str> = plan
+        .flows
+        .iter()
+        .map(|r| r.name.as_str())
+        .chain(plan.limits.iter().map(|l| l.name.as_str()))
+        .collect();
     needed.insert(names::FLOWS);
+    let marks = plan.limits.iter().any(|l| l.mark);
+    if marks {
+        needed.insert(names::MARK_LE);
+    }
+    // Limit maps only when some limit uses them: an empty lookup costs every packet.
+    let limit_kinds: Vec<MapKind> = MapKind::LIMITS
+        .into_iter()
+        .filter(|k| !layout.elements(*k).is_empty())
+        .collect();
+    if !limit_kinds.is_empty() {
+        needed.insert(names::LIMITS);
+    }
     if wire.is_some() {
         needed.extend([
             names::WIRE_IN,
@@ -310,6 +333,11 @@ pub(crate) fn switch(layout: &Layout<'_>, generation: Generation, existing: &Exi
         );
     }
     b.add(&flows, MsgType::Add, format!("chain {}", names::FLOWS));
+    let mark_le = Chain::new(c(names::MARK_LE), &table);
+    if marks {
+        b.add(&mark_le, MsgType::Add, format!("chain {}", names::MARK_LE));
+        b.rules(rules::mark_le_rules(&mark_le), names::MARK_LE);
+    }
 
     // 5. The rules: flow rules' counting chains, wire checks, base chains.
     let rule_chains: Vec<Chain<'_>> = plan
@@ -319,6 +347,14 @@ pub(crate) fn switch(layout: &Layout<'_>, generation: Generation, existing: &Exi
         .collect();
     for (chain, rule) in rule_chains.iter().zip(&plan.flows) {
         b.rules([rules::counting_rule(chain, &rule.description)], &rule.name);
+    }
+    let limit_chains: Vec<Chain<'_>> = plan
+        .limits
+        .iter()
+        .map(|l| Chain::new(c(&l.name), &table))
+        .collect();
+    for (chain, limit) in limit_chains.iter().zip(&plan.limits) {
+        b.rules(rules::limit_rules(chain, limit), &limit.name);
     }
     if let Some((w, ids)) = &wire_parts {
         b.rules(
@@ -338,20 +374,24 @@ pub(crate) fn switch(layout: &Layout<'_>, generation: Generation, existing: &Exi
             names::WIRE_OUT,
         );
     }
-    let maps: Vec<MapLookup> = MapKind::ALL
-        .iter()
-        .map(|kind| MapLookup {
-            name: generation.map_name(*kind),
-            set_id: 0,
-            ipv6: kind.ipv6(),
-            has_proto: kind.has_proto(),
-            has_port: kind.has_port(),
-        })
-        .collect();
+    let lookup = |kind: &MapKind| MapLookup {
+        name: generation.map_name(*kind),
+        set_id: 0,
+        ipv6: kind.ipv6(),
+        has_proto: kind.has_proto(),
+        has_port: kind.has_port(),
+    };
+    let maps: Vec<MapLookup> = MapKind::FLOWS.iter().map(lookup).collect();
     b.rules(
         rules::flows(&flows, wire, &maps, layout.comment()),
         names::FLOWS,
     );
+    let limits = rules::limits_chain(&table);
+    if !limit_kinds.is_empty() {
+        let limit_maps: Vec<MapLookup> = limit_kinds.iter().map(lookup).collect();
+        b.add(&limits, MsgType::Add, format!("chain {}", names::LIMITS));
+        b.rules(rules::limits(&limits, &limit_maps), names::LIMITS);
+    }
     b.finish()
 }
 
@@ -372,12 +412,18 @@ pub(crate) fn unstage(
             format!("staged map {map_name} (delete)"),
         );
     }
-    for rule in &layout.plan().flows {
-        if !existing.chains.contains(&rule.name) {
+    let plan = layout.plan();
+    for name in plan
+        .flows
+        .iter()
+        .map(|r| &r.name)
+        .chain(plan.limits.iter().map(|l| &l.name))
+    {
+        if !existing.chains.contains(name) {
             b.add(
-                &Chain::new(c(&rule.name), &table),
+                &Chain::new(c(name), &table),
                 MsgType::Del,
-                format!("staged chain {:?} (delete)", rule.name),
+                format!("staged chain {name:?} (delete)"),
             );
         }
     }

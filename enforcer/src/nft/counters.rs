@@ -52,6 +52,9 @@ pub struct Counters {
     pub wire_dropped: Count,
     /// Forwarded tenant packets no rule allowed.
     pub flows_dropped: Count,
+    /// Per limit rule, by `LimitRule::name`: packets over one of its rates (dropped, or
+    /// marked and passed).
+    pub limits: BTreeMap<String, Count>,
 }
 
 impl Counters {
@@ -73,8 +76,12 @@ impl Counters {
                     c.wire_dropped.add(counter)
                 }
                 names::FLOWS if drop => c.flows_dropped.add(counter),
-                chain if !names::CHAINS.contains(&chain) => {
+                // A flow rule's chain accepts; a limit's chain drops or jumps to mark_le.
+                chain if !names::CHAINS.contains(&chain) && accept => {
                     c.rules.entry(chain.to_owned()).or_default().add(counter)
+                }
+                chain if !names::CHAINS.contains(&chain) => {
+                    c.limits.entry(chain.to_owned()).or_default().add(counter)
                 }
                 _ => {}
             }
@@ -114,7 +121,17 @@ mod tests {
             rule("wire_in_checks", Some((5, 500)), Some(NF_DROP)),
             rule("flows", Some((7, 700)), Some(NF_DROP)),
             rule("flows", None, None),
+            rule("l0", Some((4, 400)), Some(NF_DROP)),
+            rule("l0", Some((1, 100)), Some(-3)),
         ]);
+        assert_eq!(
+            c.limits["l0"],
+            Count {
+                packets: 5,
+                bytes: 500
+            }
+        );
+        assert_eq!(c.limits.len(), 1);
         assert_eq!(
             c.rules["r0"],
             Count {

@@ -88,6 +88,14 @@ pub enum NftError {
         end: u16,
     },
 
+    /// A limit rule that cannot be installed.
+    #[error("limits[{index}] ({name}): {reason}")]
+    LimitRule {
+        index: usize,
+        name: String,
+        reason: String,
+    },
+
     /// The plan would not fit the limits the enforcer sets itself.
     #[error("the plan has {count} {what}; the limit is {limit}")]
     TooLarge {

@@ -58,7 +58,25 @@ pub(crate) enum RegExpr {
         set_id: u32,
         sreg: u32,
     },
+    /// `limit rate over <rate>/second burst <burst> packets|bytes`: matches the packets over
+    /// the rate (one token bucket per expression, shared by every packet that reaches it).
+    LimitOver { rate: u64, burst: u32, bytes: bool },
+    /// Write `len` bytes from `sreg` at `offset` of the network header; with `csum_offset`,
+    /// update the IPv4 header checksum there (RFC 1624, by the kernel).
+    PayloadWrite {
+        offset: u32,
+        len: u32,
+        sreg: u32,
+        csum_offset: Option<u32>,
+    },
 }
+
+/// `NFT_LIMIT_PKTS`, `NFT_LIMIT_PKT_BYTES`, `NFT_LIMIT_F_INV` (linux/netfilter/nf_tables.h).
+const NFT_LIMIT_PKTS: u32 = 0;
+const NFT_LIMIT_PKT_BYTES: u32 = 1;
+const NFT_LIMIT_F_INV: u32 = 1;
+/// `NFT_PAYLOAD_CSUM_INET`: the Internet checksum.
+const NFT_PAYLOAD_CSUM_INET: u32 = 1;
 
 impl Expression for RegExpr {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
@@ -112,6 +130,53 @@ impl Expression for RegExpr {
                     );
                     sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, set.as_ptr());
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, *set_id);
+                    expr
+                }
+            }
+            RegExpr::LimitOver { rate, burst, bytes } => {
+                // SAFETY: as for `Payload`: owned allocation, integer attributes only.
+                unsafe {
+                    let expr = non_null(sys::nftnl_expr_alloc(c"limit".as_ptr()));
+                    let e = expr.as_ptr();
+                    sys::nftnl_expr_set_u64(e, sys::NFTNL_EXPR_LIMIT_RATE as u16, *rate);
+                    sys::nftnl_expr_set_u64(e, sys::NFTNL_EXPR_LIMIT_UNIT as u16, 1);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LIMIT_BURST as u16, *burst);
+                    let kind = if *bytes {
+                        NFT_LIMIT_PKT_BYTES
+                    } else {
+                        NFT_LIMIT_PKTS
+                    };
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LIMIT_TYPE as u16, kind);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LIMIT_FLAGS as u16, NFT_LIMIT_F_INV);
+                    expr
+                }
+            }
+            RegExpr::PayloadWrite {
+                offset,
+                len,
+                sreg,
+                csum_offset,
+            } => {
+                // SAFETY: as for `Payload`: owned allocation, integer attributes only.
+                unsafe {
+                    let expr = non_null(sys::nftnl_expr_alloc(c"payload".as_ptr()));
+                    let e = expr.as_ptr();
+                    sys::nftnl_expr_set_u32(
+                        e,
+                        sys::NFTNL_EXPR_PAYLOAD_BASE as u16,
+                        libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+                    );
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, *offset);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, *len);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_SREG as u16, *sreg);
+                    if let Some(at) = csum_offset {
+                        sys::nftnl_expr_set_u32(
+                            e,
+                            sys::NFTNL_EXPR_PAYLOAD_CSUM_TYPE as u16,
+                            NFT_PAYLOAD_CSUM_INET,
+                        );
+                        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_CSUM_OFFSET as u16, *at);
+                    }
                     expr
                 }
             }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
-use warden_policy::plan::{FlowRule, NftPlan, Proto};
+use warden_policy::plan::{FlowRule, LimitRule, NftPlan, Proto};
 
 use super::NftError;
 
@@ -23,6 +23,8 @@ use super::NftError;
 pub const MAX_ELEMENTS: usize = 1_000_000;
 /// Most flow rules (one chain each).
 pub const MAX_RULES: usize = 100_000;
+/// Most limit rules (one chain each).
+pub const MAX_LIMITS: usize = 65_536;
 /// Longest chain name the kernel accepts (`NFT_CHAIN_MAXNAMELEN` - 1).
 const MAX_NAME: usize = 255;
 /// Longest comment nft lists (`NFTNL_UDATA_COMMENT_MAXLEN` - 1, for the NUL).
@@ -35,10 +37,22 @@ pub(crate) mod names {
     pub const WIRE_IN_CHECKS: &str = "wire_in_checks";
     pub const WIRE_OUT_CHECKS: &str = "wire_out_checks";
     pub const FLOWS: &str = "flows";
+    /// Rewrites the DSCP of packets over a `mark` limit.
+    pub const MARK_LE: &str = "mark_le";
+    /// Hook prerouting: the limit maps' lookups.
+    pub const LIMITS: &str = "limits";
     pub const APPLIANCES_V4: &str = "appliances_v4";
     pub const APPLIANCES_V6: &str = "appliances_v6";
     pub const WIRE_TCP_PORTS: &str = "wire_tcp_ports";
-    pub const CHAINS: [&str; 5] = [WIRE_IN, WIRE_OUT, WIRE_IN_CHECKS, WIRE_OUT_CHECKS, FLOWS];
+    pub const CHAINS: [&str; 7] = [
+        WIRE_IN,
+        WIRE_OUT,
+        WIRE_IN_CHECKS,
+        WIRE_OUT_CHECKS,
+        FLOWS,
+        MARK_LE,
+        LIMITS,
+    ];
 }
 
 /// nft's data type ids, for listing (`type ipv4_addr . ipv4_addr . inet_proto . inet_service`).
@@ -48,7 +62,9 @@ const TYPE_INET_PROTO: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
 
 /// The six flow maps: per family, with ports (TCP, UDP), with protocol only (ICMP), address
-/// pair only (any protocol). The `flows` chain looks them up in this order.
+/// pair only (any protocol). The `flows` chain looks them up in this order. Then the four limit
+/// maps, address pair to the limit's chain: segment pairs' and tenants' (whose destination is
+/// every address), per family; `flows` looks them up first, pairs before tenants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum MapKind {
     PortsV4,
@@ -57,10 +73,27 @@ pub(crate) enum MapKind {
     PortsV6,
     ProtoV6,
     AnyV6,
+    PairLimitsV4,
+    TenantLimitsV4,
+    PairLimitsV6,
+    TenantLimitsV6,
 }
 
 impl MapKind {
-    pub(crate) const ALL: [MapKind; 6] = [
+    pub(crate) const ALL: [MapKind; 10] = [
+        MapKind::PortsV4,
+        MapKind::ProtoV4,
+        MapKind::AnyV4,
+        MapKind::PortsV6,
+        MapKind::ProtoV6,
+        MapKind::AnyV6,
+        MapKind::PairLimitsV4,
+        MapKind::TenantLimitsV4,
+        MapKind::PairLimitsV6,
+        MapKind::TenantLimitsV6,
+    ];
+    /// The flow maps, in lookup order.
+    pub(crate) const FLOWS: [MapKind; 6] = [
         MapKind::PortsV4,
         MapKind::ProtoV4,
         MapKind::AnyV4,
@@ -68,6 +101,27 @@ impl MapKind {
         MapKind::ProtoV6,
         MapKind::AnyV6,
     ];
+    /// The limit maps, in lookup order.
+    pub(crate) const LIMITS: [MapKind; 4] = [
+        MapKind::PairLimitsV4,
+        MapKind::TenantLimitsV4,
+        MapKind::PairLimitsV6,
+        MapKind::TenantLimitsV6,
+    ];
+
+    /// Whether the map's elements jump to limit chains (else to flow rules' chains).
+    pub(crate) fn is_limit(self) -> bool {
+        self.index() >= 6
+    }
+
+    fn of_limit(tenant: bool, ipv6: bool) -> MapKind {
+        match (tenant, ipv6) {
+            (false, false) => MapKind::PairLimitsV4,
+            (true, false) => MapKind::TenantLimitsV4,
+            (false, true) => MapKind::PairLimitsV6,
+            (true, true) => MapKind::TenantLimitsV6,
+        }
+    }
 
     fn of(proto: Proto, ipv6: bool) -> MapKind {
         match (proto, ipv6) {
@@ -88,16 +142,30 @@ impl MapKind {
             MapKind::PortsV6 => "flows_ports_v6",
             MapKind::ProtoV6 => "flows_proto_v6",
             MapKind::AnyV6 => "flows_any_v6",
+            MapKind::PairLimitsV4 => "limit_pairs_v4",
+            MapKind::TenantLimitsV4 => "limit_tenants_v4",
+            MapKind::PairLimitsV6 => "limit_pairs_v6",
+            MapKind::TenantLimitsV6 => "limit_tenants_v6",
         }
     }
 
     pub(crate) fn ipv6(self) -> bool {
-        matches!(self, MapKind::PortsV6 | MapKind::ProtoV6 | MapKind::AnyV6)
+        matches!(
+            self,
+            MapKind::PortsV6
+                | MapKind::ProtoV6
+                | MapKind::AnyV6
+                | MapKind::PairLimitsV6
+                | MapKind::TenantLimitsV6
+        )
     }
 
     /// Whether the key has the protocol field, and the port field.
     pub(crate) fn has_proto(self) -> bool {
-        !matches!(self, MapKind::AnyV4 | MapKind::AnyV6)
+        matches!(
+            self,
+            MapKind::PortsV4 | MapKind::ProtoV4 | MapKind::PortsV6 | MapKind::ProtoV6
+        )
     }
 
     pub(crate) fn has_port(self) -> bool {
@@ -109,10 +177,10 @@ impl MapKind {
         match self {
             MapKind::PortsV4 => &[4, 4, 1, 2],
             MapKind::ProtoV4 => &[4, 4, 1],
-            MapKind::AnyV4 => &[4, 4],
+            MapKind::AnyV4 | MapKind::PairLimitsV4 | MapKind::TenantLimitsV4 => &[4, 4],
             MapKind::PortsV6 => &[16, 16, 1, 2],
             MapKind::ProtoV6 => &[16, 16, 1],
-            MapKind::AnyV6 => &[16, 16],
+            MapKind::AnyV6 | MapKind::PairLimitsV6 | MapKind::TenantLimitsV6 => &[16, 16],
         }
     }
 
@@ -137,12 +205,16 @@ impl MapKind {
             MapKind::PortsV6 => 3,
             MapKind::ProtoV6 => 4,
             MapKind::AnyV6 => 5,
+            MapKind::PairLimitsV4 => 6,
+            MapKind::TenantLimitsV4 => 7,
+            MapKind::PairLimitsV6 => 8,
+            MapKind::TenantLimitsV6 => 9,
         }
     }
 }
 
 /// One map element: the box from `key` to `key_end` (inclusive), jumping to the chain of
-/// `plan.flows[rule]`.
+/// `plan.flows[rule]` (in a limit map: of `plan.limits[rule]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Element {
     pub rule: usize,
@@ -169,7 +241,7 @@ pub struct Layout<'p> {
     pub(crate) comment: String,
     pub(crate) wire: Option<WireLayout<'p>>,
     /// Elements per map, indexed like [`MapKind::ALL`], each in rule order.
-    maps: [Vec<Element>; 6],
+    maps: [Vec<Element>; 10],
 }
 
 impl<'p> Layout<'p> {
@@ -243,7 +315,47 @@ impl<'p> Layout<'p> {
             });
         }
 
-        let mut maps: [Vec<Element>; 6] = Default::default();
+        if plan.limits.len() > MAX_LIMITS {
+            return Err(NftError::TooLarge {
+                what: "limit rules",
+                count: plan.limits.len(),
+                limit: MAX_LIMITS,
+            });
+        }
+        for (index, limit) in plan.limits.iter().enumerate() {
+            check_limit(index, limit)?;
+            if let Some(first) = seen.insert(&limit.name, index) {
+                return Err(NftError::LimitRule {
+                    index,
+                    name: limit.name.clone(),
+                    reason: format!("the name is taken (by flows[{first}] or limits[{first}])"),
+                });
+            }
+            total = total.saturating_add(limit_element_count(limit));
+        }
+        if total > MAX_ELEMENTS {
+            return Err(NftError::TooLarge {
+                what: "map elements",
+                count: total,
+                limit: MAX_ELEMENTS,
+            });
+        }
+
+        let mut maps: [Vec<Element>; 10] = Default::default();
+        for (index, limit) in plan.limits.iter().enumerate() {
+            for src in &limit.src {
+                for dst in limit
+                    .dst
+                    .iter()
+                    .filter(|d| d.addr().is_ipv6() == src.addr().is_ipv6())
+                {
+                    let kind = MapKind::of_limit(limit.tenant, src.addr().is_ipv6());
+                    if let Some(list) = maps.get_mut(kind.index()) {
+                        list.push(element(index, src, dst, None, None));
+                    }
+                }
+            }
+        }
         for (index, rule) in plan.flows.iter().enumerate() {
             for src in &rule.src {
                 for dst in rule
@@ -295,6 +407,49 @@ impl<'p> Layout<'p> {
     pub(crate) fn elements(&self, kind: MapKind) -> &[Element] {
         self.maps.get(kind.index()).map_or(&[], Vec::as_slice)
     }
+}
+
+/// Elements `limit` expands to: one per same-family (src, dst) pair.
+fn limit_element_count(limit: &LimitRule) -> usize {
+    let count = |v6: bool, nets: &[IpNet]| nets.iter().filter(|n| n.addr().is_ipv6() == v6).count();
+    count(false, &limit.src).saturating_mul(count(false, &limit.dst))
+        + count(true, &limit.src).saturating_mul(count(true, &limit.dst))
+}
+
+/// A limit rule the kernel can take: a chain name, both sides, at least one rate, no zero.
+fn check_limit(index: usize, limit: &LimitRule) -> Result<(), NftError> {
+    let err = |reason: &str| NftError::LimitRule {
+        index,
+        name: limit.name.clone(),
+        reason: reason.to_owned(),
+    };
+    let mut bytes = limit.name.bytes();
+    if !bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        || limit.name.len() > MAX_NAME
+        || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        return Err(err(
+            "the name must be 1-255 of ASCII letters, digits, '_', '-' and '.', starting with a letter",
+        ));
+    }
+    if names::CHAINS.contains(&limit.name.as_str()) {
+        return Err(err("the name is one of Warden's own chains"));
+    }
+    if limit.src.is_empty() || limit.dst.is_empty() {
+        return Err(err("src and dst must not be empty"));
+    }
+    let rates = [limit.packets, limit.bytes, limit.connections];
+    if rates.iter().all(Option::is_none) {
+        return Err(err("no rate"));
+    }
+    if rates
+        .iter()
+        .flatten()
+        .any(|(rate, burst)| *rate == 0 || *burst == 0)
+    {
+        return Err(err("a rate or burst of 0"));
+    }
+    Ok(())
 }
 
 /// Elements `rule` expands to: one per same-family (src, dst) pair and port range.
@@ -519,6 +674,7 @@ mod tests {
                 tcp_ports: vec![8443, 443, 443],
             }),
             flows,
+            limits: Vec::new(),
         }
     }
 

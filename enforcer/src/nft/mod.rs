@@ -8,6 +8,7 @@
 //!   map flows_proto_v4_<g> { ipv4_addr . ipv4_addr . inet_proto : verdict; flags interval }   (ICMP)
 //!   map flows_any_v4_<g>   { ipv4_addr . ipv4_addr : verdict; flags interval }                 (any)
 //!   ... and the _v6 maps (ICMPv6 is protocol 58); <g> is a or b, see "Replacing" below
+//!   map limit_pairs_v4_<g>, limit_tenants_v4_<g> (and _v6) { ipv4_addr . ipv4_addr : verdict; flags interval }
 //!   chain wire_in   hook input   prio 0, policy accept: iifname <wire> jump wire_in_checks
 //!   chain wire_out  hook output  prio 0, policy accept: oifname <wire> jump wire_out_checks
 //!   chain wire_in_checks / wire_out_checks:
@@ -19,12 +20,17 @@
 //!        counter drop
 //!   chain flows     hook forward prio 0, policy accept:
 //!        iifname <wire> jump wire_in_checks; oifname <wire> jump wire_out_checks
+//!        ip saddr . ip daddr vmap @limit_pairs_v4_<g>, then @limit_tenants_v4_<g>, then v6
+//!        (only the maps that have elements)
 //!        ct state established,related accept
 //!        ip saddr . ip daddr . meta l4proto . th dport vmap @flows_ports_v4_<g>  (then proto, any;
 //!        ...                                                                      then IPv6)
 //!        counter drop comment "policy v<version> <digest>: no rule allows this"
 //!   chain r<i> (one per flow rule, named FlowRule::name): counter accept  <- each map element
 //!                                                                          jumps to its rule's chain
+//!   chain l<j> (one per limit, named LimitRule::name): per rate,
+//!        [ct state new] limit rate over R/second burst B packets|bytes counter drop|jump mark_le
+//!   chain mark_le (when a limit marks): the DSCP set to Lower Effort, IPv4 checksum updated
 //! ```
 //!
 //! A flow rule becomes one map element per same-family (source CIDR, destination CIDR, port
@@ -67,7 +73,7 @@ mod rules;
 pub use counters::{Count, Counters};
 pub use error::NftError;
 pub use layout::{Layout, MAX_ELEMENTS, MAX_RULES};
-pub use warden_policy::plan::{FlowRule, NftPlan, Proto, WirePlan, TABLE};
+pub use warden_policy::plan::{FlowRule, LimitRule, NftPlan, Proto, WirePlan, TABLE};
 
 #[cfg(feature = "nft")]
 use batch::{Existing, Generation};

@@ -13,6 +13,7 @@ use nftnl::{Chain, ChainType, Hook, Policy, ProtoFamily, Rule, Table};
 use super::batch::{c, RawKey};
 use super::ffi::RegExpr;
 use super::layout::{names, WireLayout};
+use warden_policy::plan::LimitRule;
 
 /// `NFT_REG32_00`: the first 32-bit register; a concatenated key starts here.
 const REG32_00: u32 = libc::NFT_REG32_00 as u32;
@@ -108,6 +109,85 @@ pub(crate) fn counting_rule<'a>(chain: &'a Chain<'a>, description: &str) -> Rule
     r.add_expr(&Counter);
     r.add_expr(&Verdict::Accept);
     r
+}
+
+/// `ct state new`
+fn match_new(r: &mut Rule<'_>) {
+    r.add_expr(&Conntrack::State);
+    r.add_expr(&Bitwise::new(States::NEW.bits(), 0u32));
+    r.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+}
+
+/// The rules of a limit's chain, one per rate: `[ct state new] limit rate over R/second burst
+/// B packets|bytes counter drop` (or `jump mark_le` to mark instead). A chain's rules are
+/// reached from the limit maps and return at the end.
+pub(crate) fn limit_rules<'a>(chain: &'a Chain<'a>, limit: &LimitRule) -> Vec<Rule<'a>> {
+    let mut rules = Vec::new();
+    let rates = [
+        (limit.connections, true, false, "new connections"),
+        (limit.packets, false, false, "packets"),
+        (limit.bytes, false, true, "bytes"),
+    ];
+    for (rate, new_only, bytes, what) in rates {
+        let Some((rate, burst)) = rate else { continue };
+        let mut r = Rule::new(chain);
+        comment(
+            &mut r,
+            &format!("{}: {what}/s over {rate}", limit.description),
+        );
+        if new_only {
+            match_new(&mut r);
+        }
+        r.add_expr(&RegExpr::LimitOver { rate, burst, bytes });
+        r.add_expr(&Counter);
+        if limit.mark {
+            r.add_expr(&Verdict::Jump {
+                chain: c(names::MARK_LE),
+            });
+        } else {
+            r.add_expr(&Verdict::Drop);
+        }
+        rules.push(r);
+    }
+    rules
+}
+
+/// The rules of `mark_le`: set the DSCP to Lower Effort (RFC 8622, DSCP 1), keeping ECN; for
+/// IPv4 the header checksum is updated with it. Returns to the limit chain.
+pub(crate) fn mark_le_rules<'a>(chain: &'a Chain<'a>) -> Vec<Rule<'a>> {
+    let mut rules = Vec::new();
+    // The first 16 bits of the header: IPv4 version/IHL and TOS (DSCP = TOS >> 2); IPv6
+    // version, traffic class (DSCP = its top 6 bits) and 4 bits of flow label.
+    for (ipv6, mask, xor) in [
+        (
+            false,
+            [0xffu8, 0x03],
+            [0x00u8, crate::tunnel::limits::DSCP_LE << 2],
+        ),
+        (
+            true,
+            [0xf0u8, 0x3f],
+            [0x00u8, crate::tunnel::limits::DSCP_LE << 6],
+        ),
+    ] {
+        let mut r = Rule::new(chain);
+        match_family(&mut r, ipv6);
+        r.add_expr(&RegExpr::Payload {
+            transport: false,
+            offset: 0,
+            len: 2,
+            dreg: REG_1,
+        });
+        r.add_expr(&Bitwise::new(&mask[..], &xor[..]));
+        r.add_expr(&RegExpr::PayloadWrite {
+            offset: 0,
+            len: 2,
+            sreg: REG_1,
+            csum_offset: (!ipv6).then_some(10),
+        });
+        rules.push(r);
+    }
+    rules
 }
 
 /// Ids of the wire sets, for the lookups that use them.
@@ -244,6 +324,25 @@ pub(crate) struct MapLookup {
     pub has_port: bool,
 }
 
+/// Conntrack's priority is -200 and routing comes after prerouting: the `limits` chain runs
+/// between them, so `ct state new` works and an excess is dropped before it is routed.
+pub(crate) const LIMITS_PRIORITY: i32 = -180;
+
+/// The `limits` chain: `type filter hook prerouting priority -180; policy accept;`.
+pub(crate) fn limits_chain(table: &Table) -> Chain<'_> {
+    let mut chain = Chain::new(c(names::LIMITS), table);
+    chain.set_hook(Hook::PreRouting, LIMITS_PRIORITY);
+    chain.set_type(ChainType::Filter);
+    chain.set_policy(Policy::Accept);
+    chain
+}
+
+/// The rules of the `limits` chain: one verdict-map lookup per limit map in use (pairs, then
+/// tenants). Their elements jump to the limit chains, which return.
+pub(crate) fn limits<'a>(chain: &'a Chain<'a>, limit_maps: &[MapLookup]) -> Vec<Rule<'a>> {
+    limit_maps.iter().map(|m| map_lookup(chain, m)).collect()
+}
+
 /// The rules of the `flows` chain. `policy` goes into the comment of the final drop.
 pub(crate) fn flows<'a>(
     chain: &'a Chain<'a>,
@@ -263,31 +362,7 @@ pub(crate) fn flows<'a>(
     match_established(&mut r);
     r.add_expr(&Verdict::Accept);
     rules.push(r);
-
-    // `ip saddr . ip daddr . meta l4proto . th dport vmap @flows_ports_v4_a` and the others:
-    // each field into its own 32-bit register(s), starting at NFT_REG32_00.
-    for map in maps {
-        let addr_regs = if map.ipv6 { 4 } else { 1 };
-        let mut r = Rule::new(chain);
-        match_family(&mut r, map.ipv6);
-        load_addr(&mut r, map.ipv6, false, REG32_00);
-        load_addr(&mut r, map.ipv6, true, REG32_00 + addr_regs);
-        if map.has_proto {
-            r.add_expr(&RegExpr::Meta {
-                key: libc::NFT_META_L4PROTO as u32,
-                dreg: REG32_00 + 2 * addr_regs,
-            });
-        }
-        if map.has_port {
-            load_port(&mut r, 2, REG32_00 + 2 * addr_regs + 1);
-        }
-        r.add_expr(&RegExpr::VerdictMap {
-            set: CString::new(map.name.as_str()).unwrap_or_default(),
-            set_id: map.set_id,
-            sreg: REG32_00,
-        });
-        rules.push(r);
-    }
+    rules.extend(maps.iter().map(|m| map_lookup(chain, m)));
 
     let mut r = Rule::new(chain);
     comment(&mut r, &format!("{policy}: no rule allows this"));
@@ -295,4 +370,29 @@ pub(crate) fn flows<'a>(
     r.add_expr(&Verdict::Drop);
     rules.push(r);
     rules
+}
+
+/// `ip saddr . ip daddr . meta l4proto . th dport vmap @flows_ports_v4_a` and the others:
+/// each field into its own 32-bit register(s), starting at NFT_REG32_00.
+fn map_lookup<'a>(chain: &'a Chain<'a>, map: &MapLookup) -> Rule<'a> {
+    let addr_regs = if map.ipv6 { 4 } else { 1 };
+    let mut r = Rule::new(chain);
+    match_family(&mut r, map.ipv6);
+    load_addr(&mut r, map.ipv6, false, REG32_00);
+    load_addr(&mut r, map.ipv6, true, REG32_00 + addr_regs);
+    if map.has_proto {
+        r.add_expr(&RegExpr::Meta {
+            key: libc::NFT_META_L4PROTO as u32,
+            dreg: REG32_00 + 2 * addr_regs,
+        });
+    }
+    if map.has_port {
+        load_port(&mut r, 2, REG32_00 + 2 * addr_regs + 1);
+    }
+    r.add_expr(&RegExpr::VerdictMap {
+        set: CString::new(map.name.as_str()).unwrap_or_default(),
+        set_id: map.set_id,
+        sreg: REG32_00,
+    });
+    r
 }

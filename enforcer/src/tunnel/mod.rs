@@ -17,6 +17,7 @@
 
 pub mod keying;
 pub mod keylog;
+pub mod limits;
 pub mod packet;
 
 use std::collections::{BTreeMap, HashMap};
@@ -69,10 +70,16 @@ pub enum Drop {
     NoRoute,
     /// The packet does not fit the buffers.
     TooLarge,
+    /// Over a tenant's or a segment pair's packet or bit rate (policy `[[limit]]`).
+    RateLimit,
+    /// A new connection over the limit of new connections per second.
+    ConnectionLimit,
+    /// Beyond every guarantee while the wire is full.
+    Congestion,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 10] = [
+    pub const ALL: [Drop; 13] = [
         Drop::Malformed,
         Drop::NoSa,
         Drop::Auth,
@@ -83,6 +90,9 @@ impl Drop {
         Drop::Source,
         Drop::NoRoute,
         Drop::TooLarge,
+        Drop::RateLimit,
+        Drop::ConnectionLimit,
+        Drop::Congestion,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +107,9 @@ impl Drop {
             Drop::Source => "source",
             Drop::NoRoute => "no-route",
             Drop::TooLarge => "too-large",
+            Drop::RateLimit => "rate-limit",
+            Drop::ConnectionLimit => "connection-limit",
+            Drop::Congestion => "congestion",
         }
     }
 
@@ -175,8 +188,86 @@ pub struct SaInfo {
     pub bytes: u64,
 }
 
+/// One worker's counters for one tenant, on a cache line of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct StatsRow {
+    packets_out: AtomicU64,
+    bytes_out: AtomicU64,
+    packets_in: AtomicU64,
+    bytes_in: AtomicU64,
+    dropped: [AtomicU64; 3],
+    marked: [AtomicU64; 3],
+}
+
+/// A tenant's traffic counters: one row per worker, so no two workers write the same line.
+struct TenantStats {
+    rows: Box<[StatsRow]>,
+}
+
+impl TenantStats {
+    fn new(workers: u16) -> TenantStats {
+        TenantStats {
+            rows: (0..workers.max(1)).map(|_| StatsRow::default()).collect(),
+        }
+    }
+
+    fn row(&self, worker: u16) -> Option<&StatsRow> {
+        self.rows
+            .get(usize::from(worker))
+            .or_else(|| self.rows.first())
+    }
+
+    fn totals(&self, tenant: &str) -> TenantTraffic {
+        let sum = |f: &dyn Fn(&StatsRow) -> &AtomicU64| {
+            self.rows
+                .iter()
+                .map(|r| f(r).load(Ordering::Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        };
+        let by_reason = |marked: bool| -> Vec<(limits::Over, u64)> {
+            let mut n = [0u64; 3];
+            for r in self.rows.iter() {
+                let a = if marked { &r.marked } else { &r.dropped };
+                for (acc, c) in n.iter_mut().zip(a) {
+                    *acc = acc.wrapping_add(c.load(Ordering::Relaxed));
+                }
+            }
+            limits::Over::ALL.iter().copied().zip(n).collect()
+        };
+        TenantTraffic {
+            tenant: tenant.to_owned(),
+            packets_out: sum(&|r: &StatsRow| &r.packets_out),
+            bytes_out: sum(&|r: &StatsRow| &r.bytes_out),
+            packets_in: sum(&|r: &StatsRow| &r.packets_in),
+            bytes_in: sum(&|r: &StatsRow| &r.bytes_in),
+            dropped: by_reason(false),
+            marked: by_reason(true),
+        }
+    }
+}
+
+/// A tenant's traffic through the tunnel since start (no rates: the reader derives them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantTraffic {
+    pub tenant: String,
+    /// Sent to peers (sealed), and received from them (opened and allowed).
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Packets over a limit, by the limit: dropped, and passed marked.
+    pub dropped: Vec<(limits::Over, u64)>,
+    pub marked: Vec<(limits::Over, u64)>,
+}
+
 struct PolicyView {
     classifier: Classifier,
+    limiter: limits::Limiter,
+    /// The limiter's time base.
+    base: Instant,
+    /// By tenant index; carried over from the previous policy by tenant name.
+    stats: Vec<Arc<TenantStats>>,
     local: Option<usize>,
     nodes: Vec<(String, IpAddr)>,
     tenants: Vec<String>,
@@ -279,7 +370,7 @@ pub struct Snapshot {
 #[derive(Default)]
 pub struct Counters {
     /// [egress (from the host), ingress (from the wire)].
-    drops: [[AtomicU64; 10]; 2],
+    drops: [[AtomicU64; Drop::ALL.len()]; 2],
 }
 
 impl Counters {
@@ -334,6 +425,8 @@ pub struct Tunnel {
     key_log: Option<Mutex<Box<dyn Write + Send>>>,
     rekeys: AtomicU64,
     rekey_signal: Arc<RekeySignal>,
+    /// Per-tenant counters by tenant name, kept across policy changes.
+    stats: Mutex<HashMap<String, Arc<TenantStats>>>,
 }
 
 /// Called (from a data-path thread) when an outbound SA first asks for a rekey.
@@ -378,7 +471,21 @@ impl Tunnel {
             key_log: key_log.map(Mutex::new),
             rekeys: AtomicU64::new(0),
             rekey_signal,
+            stats: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Each tenant's traffic through the tunnel, for the tenants of the policy in force.
+    pub fn tenant_traffic(&self) -> Vec<TenantTraffic> {
+        let snap = self.snapshot();
+        let Some(p) = &snap.policy else {
+            return Vec::new();
+        };
+        p.tenants
+            .iter()
+            .zip(&p.stats)
+            .map(|(name, s)| s.totals(name))
+            .collect()
     }
 
     pub fn config(&self) -> &TunnelConfig {
@@ -419,8 +526,25 @@ impl Tunnel {
     /// Put `policy` in force for classification. SAs stay; those whose peer or tenant left
     /// the policy carry no traffic until it returns.
     pub fn set_policy(&self, policy: &Policy) {
+        let stats = {
+            let mut all = lock(&self.stats);
+            all.retain(|name, _| policy.tenants.iter().any(|t| &t.id == name));
+            policy
+                .tenants
+                .iter()
+                .map(|t| {
+                    Arc::clone(
+                        all.entry(t.id.clone())
+                            .or_insert_with(|| Arc::new(TenantStats::new(self.config.workers))),
+                    )
+                })
+                .collect()
+        };
         let view = PolicyView {
             classifier: policy.classifier(),
+            limiter: limits::Limiter::new(policy),
+            base: Instant::now(),
+            stats,
             local: policy.nodes.iter().position(|n| n.id == self.config.node),
             nodes: policy
                 .nodes
@@ -716,6 +840,11 @@ fn free_slot(t: &Tables) -> Option<u32> {
         .find(|s| !t.inbound.contains_key(s))
 }
 
+thread_local! {
+    /// A copy of a packet being marked (the host's packet is read-only here).
+    static MARK_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Snapshot {
     /// Classify and seal one host packet for `worker` into `out`.
     pub fn egress(
@@ -767,11 +896,56 @@ impl Snapshot {
             .get(usize::from(worker))
             .or_else(|| sa.workers.first())
             .ok_or(Drop::NoSa)?;
+        let stats = policy.stats.get(tenant).and_then(|t| t.row(worker));
+        let mut marked = false;
+        if !policy.limiter.is_empty() {
+            let ticks = u64::try_from(now.saturating_duration_since(policy.base).as_nanos())
+                .unwrap_or(u64::MAX)
+                .saturating_mul(limits::TICKS_PER_NS);
+            let new_connection = flow.proto == packet::TCP
+                && flow.tcp_flags & (packet::SYN | packet::ACK) == packet::SYN;
+            let bytes = inner.len() as u64;
+            match policy
+                .limiter
+                .check(ticks, tenant, src, dst, bytes, new_connection)
+            {
+                limits::Decision::Pass => {}
+                limits::Decision::Drop(over) => {
+                    if let Some(c) = stats.and_then(|r| r.dropped.get(over.index())) {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(match over {
+                        limits::Over::Rate => Drop::RateLimit,
+                        limits::Over::Connections => Drop::ConnectionLimit,
+                        limits::Over::Congestion => Drop::Congestion,
+                    });
+                }
+                limits::Decision::Mark(over) => {
+                    if let Some(c) = stats.and_then(|r| r.marked.get(over.index())) {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                    marked = true;
+                }
+            }
+        }
         let mut s = lock(slot);
         s.sa.set_age(now.saturating_duration_since(sa.created));
-        let len =
+        let len = if marked {
+            MARK_SCRATCH.with(|scratch| {
+                let mut copy = scratch.borrow_mut();
+                copy.clear();
+                copy.extend_from_slice(inner);
+                limits::set_dscp(&mut copy, limits::DSCP_LE);
+                s.sa.seal(&copy, flow.next_header, out)
+            })
+        } else {
             s.sa.seal(inner, flow.next_header, out)
-                .map_err(Drop::from)?;
+        }
+        .map_err(Drop::from)?;
+        if let Some(r) = stats {
+            r.packets_out.fetch_add(1, Ordering::Relaxed);
+            r.bytes_out.fetch_add(inner.len() as u64, Ordering::Relaxed);
+        }
         if s.sa.wants_rekey()
             && !sa.rekey.load(Ordering::Relaxed)
             && !sa.rekey.swap(true, Ordering::Relaxed)
@@ -787,16 +961,16 @@ impl Snapshot {
         })
     }
 
-    /// Open and check one wire packet in place.
-    pub fn ingress(&self, packet: &mut [u8]) -> Result<Delivered, Drop> {
-        let r = self.ingress_inner(packet);
+    /// Open and check one wire packet in place, on `worker`.
+    pub fn ingress(&self, worker: u16, packet: &mut [u8]) -> Result<Delivered, Drop> {
+        let r = self.ingress_inner(worker, packet);
         if let Err(d) = r {
             self.counters.count(Direction::Inbound, d);
         }
         r
     }
 
-    fn ingress_inner(&self, packet: &mut [u8]) -> Result<Delivered, Drop> {
+    fn ingress_inner(&self, worker: u16, packet: &mut [u8]) -> Result<Delivered, Drop> {
         let spi_value = Inbound::spi_of(packet).ok_or(Drop::Malformed)?;
         let slot = usize::try_from(spi_value >> 8).map_err(|_| Drop::NoSa)?;
         let (sa, peer, tenant) = self
@@ -843,6 +1017,10 @@ impl Snapshot {
         }
         if !policy.allows(&flow, src, dst) {
             return Err(Drop::Policy);
+        }
+        if let Some(r) = policy.stats.get(tenant).and_then(|t| t.row(worker)) {
+            r.packets_in.fetch_add(1, Ordering::Relaxed);
+            r.bytes_in.fetch_add(inner.len() as u64, Ordering::Relaxed);
         }
         Ok(Delivered {
             start: opened.start,

@@ -132,7 +132,7 @@ fn seal(t: &Tunnel, worker: u16, inner: &[u8]) -> Result<Vec<u8>, Drop> {
 }
 
 fn open(t: &Tunnel, packet: &mut [u8]) -> Result<Vec<u8>, Drop> {
-    let d = t.snapshot().ingress(packet)?;
+    let d = t.snapshot().ingress(0, packet)?;
     Ok(packet[d.start..d.start + d.len].to_vec())
 }
 
@@ -439,4 +439,93 @@ fn key_log_has_one_line_per_sa() {
     assert!(lines[2].starts_with(&format!(
         "\"IPv4\",\"192.0.2.2\",\"192.0.2.1\",\"{base:#010x}\""
     )));
+}
+
+/// Both tunnels with `extra` (limits) appended to the policy.
+fn pair_with(extra: &str) -> (Tunnel, Tunnel) {
+    let (a, b) = pair(1);
+    let p = warden_policy::parse(&format!("{POLICY}\n{extra}"), "test.toml").unwrap();
+    a.set_policy(&p);
+    b.set_policy(&p);
+    (a, b)
+}
+
+#[test]
+fn a_tenant_over_its_packet_rate_is_dropped_before_encryption_and_counted() {
+    let (a, b) =
+        pair_with("[[limit]]\ntenant = \"acme\"\npackets_per_second = 10\nburst_packets = 3\n");
+    let inner = ipv4(WEB, DB, TCP, 5432, b"select 1");
+    let results: Vec<_> = (0..6).map(|_| seal(&a, 0, &inner)).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+    assert_eq!(results[5].as_ref().unwrap_err(), &Drop::RateLimit);
+    assert_eq!(a.counters().get(Drop::RateLimit), 3);
+    // Nothing over the limit was sealed: the SA's sequence numbers moved by 3 only.
+    let sent: u64 = a
+        .sa_info()
+        .iter()
+        .filter(|i| i.direction == Direction::Outbound)
+        .map(|i| i.packets)
+        .sum();
+    assert_eq!(sent, 3);
+    let acme = &a.tenant_traffic()[0];
+    assert_eq!(acme.tenant, "acme");
+    assert_eq!(
+        (acme.packets_out, acme.bytes_out),
+        (3, 3 * inner.len() as u64)
+    );
+    assert_eq!(acme.dropped[0], (limits::Over::Rate, 3));
+    // The receiver counts what it accepted for the tenant.
+    let mut p = results[0].clone().unwrap();
+    open(&b, &mut p).unwrap();
+    assert_eq!(b.tenant_traffic()[0].packets_in, 1);
+}
+
+#[test]
+fn a_new_connection_flood_is_cut_while_established_traffic_flows() {
+    let (a, _b) = pair_with(
+        "[[limit]]\nfrom = \"acme-web\"\nto = \"acme-db\"\nnew_connections_per_second = 1\nburst_connections = 2\n",
+    );
+    let syn = ipv4_flags(WEB, DB, TCP, 40000, 5432, 0x02, b"");
+    assert!(seal(&a, 0, &syn).is_ok());
+    assert!(seal(&a, 0, &syn).is_ok());
+    assert_eq!(seal(&a, 0, &syn), Err(Drop::ConnectionLimit));
+    let ack = ipv4_flags(WEB, DB, TCP, 40000, 5432, 0x10, b"data");
+    for _ in 0..100 {
+        assert!(seal(&a, 0, &ack).is_ok());
+    }
+}
+
+#[test]
+fn a_mark_limit_sends_over_limit_packets_with_dscp_lower_effort() {
+    let (a, b) = pair_with(
+        "[[limit]]\ntenant = \"acme\"\npackets_per_second = 10\nburst_packets = 1\naction = \"mark\"\n",
+    );
+    let inner = ipv4(WEB, DB, TCP, 5432, b"select 1");
+    let mut first = seal(&a, 0, &inner).unwrap();
+    let mut second = seal(&a, 0, &inner).unwrap();
+    let first = open(&b, &mut first).unwrap();
+    let second = open(&b, &mut second).unwrap();
+    assert_eq!(first, inner, "within the limit: untouched");
+    assert_eq!(second[1] >> 2, limits::DSCP_LE, "over the limit: marked");
+    assert_eq!(second[20..], inner[20..], "only the header changed");
+    let acme = &a.tenant_traffic()[0];
+    assert_eq!(acme.marked[0], (limits::Over::Rate, 1));
+    assert_eq!(acme.packets_out, 2);
+}
+
+#[test]
+fn limits_and_counters_survive_sa_changes_and_counters_survive_policy_changes() {
+    let (a, _b) =
+        pair_with("[[limit]]\ntenant = \"acme\"\npackets_per_second = 1\nburst_packets = 2\n");
+    let inner = ipv4(WEB, DB, TCP, 5432, b"x");
+    assert!(seal(&a, 0, &inner).is_ok());
+    // A rekey republishes the snapshot: the bucket is the same one.
+    a.set_outbound("node-b", "acme", 2, 1 << 8, keys(1, 2), Instant::now())
+        .unwrap();
+    assert!(seal(&a, 0, &inner).is_ok());
+    assert_eq!(seal(&a, 0, &inner), Err(Drop::RateLimit));
+    // A new policy without the limit: traffic flows, and acme's counters carry on.
+    a.set_policy(&warden_policy::parse(POLICY, "test.toml").unwrap());
+    assert!(seal(&a, 0, &inner).is_ok());
+    assert_eq!(a.tenant_traffic()[0].packets_out, 3);
 }

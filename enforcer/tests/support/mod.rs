@@ -129,6 +129,7 @@ pub fn plan(version: u64, flows: Vec<FlowRule>, wire: Option<WirePlan>) -> NftPl
         digest: format!("{version:064x}"),
         wire,
         flows,
+        limits: Vec::new(),
     }
 }
 
