@@ -54,7 +54,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn policy(ref_a: &toml::Table, ref_b: &toml::Table) -> String {
-    let mut doc: toml::Table = toml::from_str(&format!(
+    let document = format!(
         r#"
 version = 1
 [[node]]
@@ -81,16 +81,8 @@ to = "acme-b"
 proto = "tcp"
 ports = [5001]
 "#
-    ))
-    .unwrap();
-    let nodes = doc["node"].as_array_mut().unwrap();
-    for (i, r) in [ref_a, ref_b].into_iter().enumerate() {
-        nodes[i]
-            .as_table_mut()
-            .unwrap()
-            .insert("reference".into(), toml::Value::Table(r.clone()));
-    }
-    toml::to_string(&doc).unwrap()
+    );
+    cluster::with_references(&document, [ref_a, ref_b])
 }
 
 fn peering_config(pki: &Path, node: &str) -> PeeringConfig {

@@ -71,7 +71,7 @@ const PINGS: u32 = 200;
 const ROUNDS: usize = 3;
 
 fn policy(version: u64, limits: &str, ref_a: &toml::Table, ref_b: &toml::Table) -> String {
-    let mut doc: toml::Table = toml::from_str(&format!(
+    let document = format!(
         r#"
 version = {version}
 [[node]]
@@ -125,16 +125,8 @@ proto = "udp"
 ports = [5202]
 {limits}
 "#
-    ))
-    .unwrap();
-    let nodes = doc["node"].as_array_mut().unwrap();
-    for (i, r) in [ref_a, ref_b].into_iter().enumerate() {
-        nodes[i]
-            .as_table_mut()
-            .unwrap()
-            .insert("reference".into(), toml::Value::Table(r.clone()));
-    }
-    toml::to_string(&doc).unwrap()
+    );
+    cluster::with_references(&document, [ref_a, ref_b])
 }
 
 /// A process killed on drop.

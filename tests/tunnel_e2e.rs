@@ -54,7 +54,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The policy: both nodes with reference values, tenant acme with a segment on each, and
 /// acme-a may reach acme-b on TCP 5001 and UDP 5002.
 fn policy(version: u64, ref_a: &toml::Table, ref_b: &toml::Table) -> String {
-    let mut doc: toml::Table = toml::from_str(&format!(
+    let document = format!(
         r#"
 version = {version}
 description = "tunnel end-to-end test"
@@ -94,16 +94,8 @@ to = "acme-b"
 proto = "udp"
 ports = [5002]
 "#
-    ))
-    .unwrap();
-    let nodes = doc["node"].as_array_mut().unwrap();
-    for (i, r) in [ref_a, ref_b].into_iter().enumerate() {
-        nodes[i]
-            .as_table_mut()
-            .unwrap()
-            .insert("reference".into(), toml::Value::Table(r.clone()));
-    }
-    toml::to_string(&doc).unwrap()
+    );
+    cluster::with_references(&document, [ref_a, ref_b])
 }
 
 /// `reference` with one PCR digest changed in its last hex digit: a measured state that is

@@ -139,6 +139,19 @@ pub fn keys_section(dir: &Path) -> String {
     )
 }
 
+/// A policy document (TOML, its nodes in order node-a, node-b) with each node's captured
+/// reference values inserted as `[node.reference]`.
+pub fn with_references(document: &str, refs: [&toml::Table; 2]) -> String {
+    let mut doc: toml::Table = toml::from_str(document).unwrap();
+    let nodes = doc["node"].as_array_mut().unwrap();
+    for (node, r) in nodes.iter_mut().zip(refs) {
+        node.as_table_mut()
+            .unwrap()
+            .insert("reference".into(), toml::Value::Table(r.clone()));
+    }
+    toml::to_string(&doc).unwrap()
+}
+
 pub fn peering_section(pki: &Path, node: &str) -> String {
     format!(
         "\n[peering]\nlisten = \"0.0.0.0:{PEER_PORT}\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n\
