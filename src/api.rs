@@ -67,6 +67,8 @@ pub struct ApiState {
     pub peering: std::sync::OnceLock<Arc<crate::peering::PeerService>>,
     /// Signed firmware updates, when `[updates]` is configured.
     pub updates: Option<Arc<crate::updates::UpdateService>>,
+    /// Flow telemetry, when `[telemetry]` is configured.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// Long operations in progress (`GET /v1/operations`).
     pub operations: Arc<crate::progress::Operations>,
     /// Start time, counters and probes for readiness, status and metrics.

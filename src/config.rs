@@ -29,7 +29,9 @@ use crate::logging::{self, LogFormat};
     clippy::indexing_slicing
 )]
 mod reference;
+mod telemetry;
 mod updates;
+pub use telemetry::TelemetryConfig;
 pub use updates::{Clock, UpdatesConfig, CRASH_STEPS};
 
 /// Number of PCRs of a PC-client TPM 2.0 (TCG PC Client Platform TPM Profile, §4.6.1).
@@ -78,6 +80,8 @@ pub struct Config {
     pub peering: Option<PeeringConfig>,
     /// `[updates]`: signed firmware updates; `None` when the section is absent.
     pub updates: Option<UpdatesConfig>,
+    /// `[telemetry]`: flow records; `None` when the section is absent (no flows recorded).
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 /// `[dataplane]`: the TUN device, crypto engine, workers and rekey limits (docs/dataplane.md).
@@ -356,6 +360,8 @@ struct RawConfig {
     peering: Option<RawPeering>,
     #[serde(default)]
     updates: Option<updates::RawUpdates>,
+    #[serde(default)]
+    telemetry: Option<telemetry::RawTelemetry>,
 }
 
 #[derive(Deserialize)]
@@ -513,7 +519,20 @@ impl Validator<'_> {
             .dataplane
             .map(|d| self.dataplane(d, raw.production))
             .transpose()?;
+        let state_dir = self.path("state_dir", raw.state_dir)?;
+        if raw.telemetry.is_some() && dataplane.is_none() {
+            return Err(self.invalid(
+                "telemetry",
+                None,
+                "flow telemetry records the data plane's flows: it needs [dataplane]".to_owned(),
+            ));
+        }
+        let telemetry = raw
+            .telemetry
+            .map(|t| self.telemetry(t, &state_dir))
+            .transpose()?;
         Ok(Config {
+            telemetry,
             policy,
             keys,
             production: raw.production,
@@ -531,7 +550,7 @@ impl Validator<'_> {
                     .transpose()?,
             },
             name,
-            state_dir: self.path("state_dir", raw.state_dir)?,
+            state_dir,
             log: self.log(raw.log)?,
             tpm: self.tpm(raw.tpm)?,
             api: self.api(raw.api)?,

@@ -206,7 +206,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let telemetry = match (&config.telemetry, &dataplane) {
+        (Some(t), Some(d)) => Some(crate::telemetry::Telemetry::start(
+            t,
+            &config.name,
+            Arc::clone(d.tunnel()),
+        )?),
+        _ => None,
+    };
     let state = Arc::new(ApiState {
+        telemetry: telemetry.clone(),
         dataplane: dataplane.clone(),
         policy,
         vault: Arc::new(vault),
@@ -288,6 +297,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Some(d) = &dataplane {
         d.stop();
+    }
+    if let Some(t) = &telemetry {
+        // Exports every record still held.
+        t.stop();
     }
     if let Some(exporter) = exporter {
         // Delivers what is pending (the stop event too) for a few seconds at most.

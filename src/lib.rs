@@ -30,6 +30,7 @@ pub mod policy_client;
 pub mod progress;
 pub mod status;
 pub mod status_client;
+pub mod telemetry;
 pub mod update_client;
 pub mod updates;
 pub mod vault;

@@ -509,6 +509,9 @@ async fn metrics(State(s): State<AppState>, caller: Caller) -> Result<Response, 
     if let Some(d) = &s.dataplane {
         d.render_metrics(&mut out);
     }
+    if let Some(t) = &s.telemetry {
+        t.render_metrics(&mut out);
+    }
     if let Some(p) = s.peering.get() {
         let peers = p.status();
         metric(

@@ -19,7 +19,7 @@ pub fn tcpdump_or_skip(test: &str) -> bool {
     false
 }
 
-/// tcpdump on a namespace's wire interface, into a pcap file.
+/// tcpdump on a namespace's interface (the wire by default), into a pcap file.
 pub struct Capture {
     child: std::process::Child,
     file: tempfile::NamedTempFile,
@@ -27,12 +27,18 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(ns: &Netns) -> Capture {
+        Capture::start_on(ns, "wire", &[])
+    }
+
+    /// tcpdump on `interface` of `ns`, with a capture `filter` (tcpdump expression words).
+    pub fn start_on(ns: &Netns, interface: &str, filter: &[&str]) -> Capture {
         let file = tempfile::NamedTempFile::new().unwrap();
         let child = warden_testkit::command_in(ns.name())
             .args([
-                "tcpdump", "-i", "wire", "-U", "-s", "0", "-B", "65536", "-w",
+                "tcpdump", "-i", interface, "-U", "-s", "0", "-B", "65536", "-w",
             ])
             .arg(file.path())
+            .args(filter)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

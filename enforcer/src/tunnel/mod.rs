@@ -15,6 +15,7 @@
 //! the policy allows it for the SA's tenant; its source is in a segment of the sending peer;
 //! its destination is in a segment of this node.
 
+pub mod flows;
 pub mod keying;
 pub mod keylog;
 pub mod limits;
@@ -133,7 +134,7 @@ impl From<EspError> for Drop {
 }
 
 /// Direction of one ESP traffic stream, from the sender's and receiver's view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
     Inbound,
     Outbound,
@@ -273,6 +274,8 @@ struct PolicyView {
     tenants: Vec<String>,
     segment_node: Vec<Option<usize>>,
     segment_tenant: Vec<usize>,
+    /// Segment names, by index.
+    segments: Vec<String>,
 }
 
 impl PolicyView {
@@ -364,6 +367,7 @@ pub struct Snapshot {
     inbound: Vec<Option<ResolvedIn>>,
     counters: Arc<Counters>,
     rekey_signal: Arc<RekeySignal>,
+    flows: Option<Arc<flows::FlowTables>>,
 }
 
 /// Drop counters by direction and reason.
@@ -427,6 +431,8 @@ pub struct Tunnel {
     rekey_signal: Arc<RekeySignal>,
     /// Per-tenant counters by tenant name, kept across policy changes.
     stats: Mutex<HashMap<String, Arc<TenantStats>>>,
+    /// Flow telemetry, once enabled.
+    flows: std::sync::OnceLock<Arc<flows::FlowTables>>,
 }
 
 /// Called (from a data-path thread) when an outbound SA first asks for a rekey.
@@ -459,6 +465,7 @@ impl Tunnel {
             inbound: Vec::new(),
             counters: Arc::clone(&counters),
             rekey_signal: Arc::clone(&rekey_signal),
+            flows: None,
         });
         Tunnel {
             config,
@@ -472,7 +479,33 @@ impl Tunnel {
             rekeys: AtomicU64::new(0),
             rekey_signal,
             stats: Mutex::new(HashMap::new()),
+            flows: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Record flows from now on (sampled as `settings` say); returns the tables the exporter
+    /// drains. Only the first call has an effect.
+    pub fn enable_flows(&self, settings: flows::FlowSettings) -> Arc<flows::FlowTables> {
+        let tables = Arc::clone(
+            self.flows
+                .get_or_init(|| Arc::new(flows::FlowTables::new(self.config.workers, settings))),
+        );
+        let t = lock(&self.tables);
+        self.publish(&t);
+        tables
+    }
+
+    /// The flow tables, if telemetry is on.
+    pub fn flows(&self) -> Option<Arc<flows::FlowTables>> {
+        self.flows.get().cloned()
+    }
+
+    /// The names of the policy in force's tenants and segments, by index (for flow records).
+    pub fn names(&self) -> (Vec<String>, Vec<String>) {
+        let snap = self.snapshot();
+        snap.policy.as_ref().map_or((Vec::new(), Vec::new()), |p| {
+            (p.tenants.clone(), p.segments.clone())
+        })
     }
 
     /// Each tenant's traffic through the tunnel, for the tenants of the policy in force.
@@ -554,6 +587,7 @@ impl Tunnel {
             tenants: policy.tenants.iter().map(|t| t.id.clone()).collect(),
             segment_node: policy.segments.iter().map(|s| s.node).collect(),
             segment_tenant: policy.segments.iter().map(|s| s.tenant).collect(),
+            segments: policy.segments.iter().map(|s| s.name.clone()).collect(),
         };
         let mut t = lock(&self.tables);
         t.policy = Some(Arc::new(view));
@@ -825,6 +859,7 @@ impl Tunnel {
             inbound,
             counters: Arc::clone(&self.counters),
             rekey_signal: Arc::clone(&self.rekey_signal),
+            flows: self.flows.get().cloned(),
         });
         *self
             .snapshot
@@ -854,9 +889,22 @@ impl Snapshot {
         inner: &[u8],
         out: &mut [u8],
     ) -> Result<Sealed, Drop> {
-        let r = self.egress_inner(worker, now, inner, out);
+        let sampled = self.flows.as_ref().filter(|f| f.sample(worker));
+        let mut note = flows::Note::default();
+        let r = self.egress_inner(worker, now, inner, out, &mut note);
         if let Err(d) = r {
             self.counters.count(Direction::Outbound, d);
+        }
+        if let Some(f) = sampled {
+            let outcome = r.map_or_else(flows::Outcome::Dropped, |_| flows::Outcome::Allowed);
+            f.record(
+                worker,
+                Direction::Outbound,
+                &note,
+                outcome,
+                inner.len(),
+                now,
+            );
         }
         r
     }
@@ -867,10 +915,17 @@ impl Snapshot {
         now: Instant,
         inner: &[u8],
         out: &mut [u8],
+        note: &mut flows::Note,
     ) -> Result<Sealed, Drop> {
         let policy = self.policy.as_ref().ok_or(Drop::Policy)?;
         let flow = Flow::parse(inner).ok_or(Drop::Malformed)?;
+        note.five_tuple = Some((flow.src, flow.dst, flow.proto, flow.src_port, flow.dst_port));
         let src = policy.classifier.segment_of(flow.src).ok_or(Drop::Source)?;
+        note.src_segment = u32::try_from(src).ok();
+        note.tenant = policy
+            .segment_tenant
+            .get(src)
+            .and_then(|t| u32::try_from(*t).ok());
         if policy.local.is_none() || policy.segment_node(src) != policy.local {
             return Err(Drop::Source);
         }
@@ -878,6 +933,7 @@ impl Snapshot {
             .classifier
             .segment_of(flow.dst)
             .ok_or(Drop::NoRoute)?;
+        note.dst_segment = u32::try_from(dst).ok();
         let peer = match policy.segment_node(dst) {
             Some(n) if Some(n) != policy.local => n,
             _ => return Err(Drop::NoRoute),
@@ -963,14 +1019,35 @@ impl Snapshot {
 
     /// Open and check one wire packet in place, on `worker`.
     pub fn ingress(&self, worker: u16, packet: &mut [u8]) -> Result<Delivered, Drop> {
-        let r = self.ingress_inner(worker, packet);
+        let sampled = self.flows.as_ref().filter(|f| f.sample(worker));
+        let mut note = flows::Note::default();
+        let r = self.ingress_inner(worker, packet, &mut note);
         if let Err(d) = r {
             self.counters.count(Direction::Inbound, d);
+        }
+        if let Some(f) = sampled {
+            let (outcome, len) = match r {
+                Ok(d) => (flows::Outcome::Allowed, d.len),
+                Err(d) => (flows::Outcome::Dropped(d), packet.len()),
+            };
+            f.record(
+                worker,
+                Direction::Inbound,
+                &note,
+                outcome,
+                len,
+                Instant::now(),
+            );
         }
         r
     }
 
-    fn ingress_inner(&self, worker: u16, packet: &mut [u8]) -> Result<Delivered, Drop> {
+    fn ingress_inner(
+        &self,
+        worker: u16,
+        packet: &mut [u8],
+        note: &mut flows::Note,
+    ) -> Result<Delivered, Drop> {
         let spi_value = Inbound::spi_of(packet).ok_or(Drop::Malformed)?;
         let slot = usize::try_from(spi_value >> 8).map_err(|_| Drop::NoSa)?;
         let (sa, peer, tenant) = self
@@ -993,6 +1070,8 @@ impl Snapshot {
             .get(opened.start..opened.start + opened.len)
             .ok_or(Drop::Malformed)?;
         let flow = Flow::parse(inner).ok_or(Drop::Malformed)?;
+        note.five_tuple = Some((flow.src, flow.dst, flow.proto, flow.src_port, flow.dst_port));
+        note.tenant = tenant.and_then(|t| u32::try_from(t).ok());
         if flow.next_header != opened.next {
             return Err(Drop::Malformed);
         }
@@ -1001,6 +1080,7 @@ impl Snapshot {
             return Err(Drop::Policy);
         };
         let src = policy.classifier.segment_of(flow.src).ok_or(Drop::Source)?;
+        note.src_segment = u32::try_from(src).ok();
         if policy.segment_node(src) != Some(peer) {
             return Err(Drop::Source);
         }
@@ -1012,6 +1092,7 @@ impl Snapshot {
             .classifier
             .segment_of(flow.dst)
             .ok_or(Drop::NoRoute)?;
+        note.dst_segment = u32::try_from(dst).ok();
         if policy.local.is_none() || policy.segment_node(dst) != policy.local {
             return Err(Drop::NoRoute);
         }
