@@ -166,6 +166,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     .chain(crate::updates::api::routes())
     .chain(crate::status::routes())
     .chain(crate::progress::routes())
+    .chain(crate::telemetry::top::routes())
     .collect()
 }
 

@@ -304,4 +304,47 @@ fn flows_are_exported_as_ipfix_and_ocsf_with_their_verdicts() {
         metric_sum(&m, "warden_telemetry_flows_lost_total", &[]),
         Some(0)
     );
+
+    // wardctl top while globex sends 2 s of datagrams (100/s, over its 20/s): two screens, the
+    // second with rates, globex's flow live with its verdict.
+    let sender = c.a.ns.spawn(|| {
+        let s = std::net::UdpSocket::bind(format!("{GLOBEX_A}:0")).unwrap();
+        for _ in 0..200 {
+            let _ = s.send_to(b"live", format!("{GLOBEX_B}:5002"));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut args = vec!["top", "--count", "2", "--interval", "1", "--flows", "5"];
+    let conn = c.a.connection(None);
+    args.extend(conn.iter().map(String::as_str));
+    let o = c.a.wardctl(&args);
+    sender.join().unwrap();
+    let screen = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("{screen}");
+    assert!(
+        o.status.success(),
+        "{screen}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let second = screen.split("wardctl top:").nth(2).expect("two screens");
+    assert!(second.contains("rates over"), "{screen}");
+    let globex_row = second
+        .lines()
+        .find(|l| l.starts_with("globex"))
+        .unwrap_or_else(|| panic!("no globex row: {screen}"));
+    assert!(globex_row.contains("/s"), "{globex_row}");
+    assert!(
+        second.contains(&format!("-> {GLOBEX_B}:5002")),
+        "globex's flow is not listed: {screen}"
+    );
+    // And as JSON: acme's megabyte is in its counters.
+    let mut args = vec!["top", "--json"];
+    args.extend(conn.iter().map(String::as_str));
+    let o = c.a.wardctl(&args);
+    let top: warden::telemetry::top::Top = serde_json::from_slice(&o.stdout).unwrap();
+    let acme = top.tenants.iter().find(|t| t.tenant == "acme").unwrap();
+    assert!(acme.bytes_out >= 1 << 20, "{acme:?}");
+    assert!(top.drops["rate-limit"] >= 190, "{:?}", top.drops);
+    assert_eq!(top.sampling, Some(1));
 }

@@ -120,6 +120,26 @@ enum Command {
         #[command(flatten)]
         cert: ClientCert,
     },
+    /// A live per-tenant view of rates, drops and limit hits, and the busiest flows, redrawn
+    /// like `top` (operator certificate; docs/telemetry.md).
+    Top {
+        /// Seconds between screens.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Screens to show, then exit (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Flows to list (at most 100).
+        #[arg(long, default_value_t = 10)]
+        flows: usize,
+        /// Print one answer as JSON and exit.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        cert: ClientCert,
+    },
     /// The release signing tool: keys, repository, releases (docs/updates.md).
     Release {
         #[command(subcommand)]
@@ -595,6 +615,28 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { json, conn, cert } => {
             let http = warden::tls::client_with_identity(&conn.ca, &cert.cert, &cert.key)?;
             warden::status_client::status(&http, conn.url.trim_end_matches('/'), json).await
+        }
+        Command::Top {
+            interval,
+            count,
+            flows,
+            json,
+            conn,
+            cert,
+        } => {
+            if !(interval.is_finite() && (0.1..=3600.0).contains(&interval)) {
+                anyhow::bail!("--interval {interval}: use 0.1 to 3600 seconds");
+            }
+            let http = warden::tls::client_with_identity(&conn.ca, &cert.cert, &cert.key)?;
+            warden::telemetry::top::run(
+                &http,
+                conn.url.trim_end_matches('/'),
+                std::time::Duration::from_secs_f64(interval),
+                count,
+                flows,
+                json,
+            )
+            .await
         }
         Command::Attest {
             conn,

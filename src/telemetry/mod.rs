@@ -6,6 +6,7 @@
 
 pub mod ipfix;
 pub mod ocsf;
+pub mod top;
 
 use std::io::Write as _;
 use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
