@@ -12,7 +12,8 @@
 # Usage: [VARIANTS="plain wireguard-go boringtun warden"] [DURATION=10] [PINGS=1000] \
 #        bash bench/tunnel.sh      (prints a Markdown table; progress goes to stderr)
 # Other knobs: BENCH_TOOLS (default /var/tmp/warden-bench-tools), WARDEN_CLUSTER (default
-# target/release/examples/bench_cluster), WARDEN_UP_TIMEOUT (s, default 30).
+# target/release/examples/bench_cluster), WARDEN_UP_TIMEOUT (s, default 30), WARDEN_ARGS (extra
+# flags for `bench_cluster up`, e.g. "--limits --telemetry 1"; bench/governance.sh uses them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -262,7 +263,8 @@ setup_warden() {
     warden_state="$work/warden-state"
     rm -rf "$warden_state" && mkdir -p "$warden_state"
     : >"$work/warden.log"
-    setsid "$warden_cluster" up --ns-a "$nsa" --ns-b "$nsb" --state "$warden_state" \
+    # shellcheck disable=SC2086  # WARDEN_ARGS: extra flags, word-split on purpose
+    setsid "$warden_cluster" up --ns-a "$nsa" --ns-b "$nsb" --state "$warden_state" ${WARDEN_ARGS:-} \
         >>"$work/warden.log" 2>&1 &
     local pid=$! i rc
     extra_pids+=("$pid")

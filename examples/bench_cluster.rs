@@ -5,10 +5,17 @@
 //!
 //! ```text
 //! bench_cluster up --ns-a NSA --ns-b NSB --state DIR [--workers N] [--engine aws-lc-rs|ring|aes-gcm] [--no-offloads]
+//!                   [--limits] [--telemetry SAMPLING]
 //! bench_cluster down --state DIR
 //! ```
 //! `up` expects the wire (198.51.100.1 in NSA, 198.51.100.2 in NSB) and puts 203.0.113.1 (NSA)
 //! and 203.0.113.2 (NSB) on each side's TUN; it runs until SIGTERM or SIGINT (or `down`).
+//!
+//! `--limits` adds traffic limits that every packet is checked against but that never bind
+//! (a wire budget with a guarantee, and tenant packet, bit and connection rates far above the
+//! machine's): their cost alone. `--telemetry N` records one packet in N into flow records
+//! and runs wardend's exporter (IPFIX to a port nobody listens on, OCSF lines under the state
+//! directory), as `[telemetry]` does.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -56,6 +63,22 @@ to = "bench-a"
 proto = "any"
 "#;
 
+/// Limits that are checked for every packet but never bind on this machine.
+const LIMITS: &str = r#"
+[wire]
+bits_per_second = "400G"
+[[limit]]
+tenant = "bench"
+bits_per_second = "200G"
+packets_per_second = 100_000_000
+new_connections_per_second = 1_000_000
+guaranteed_bits_per_second = "100G"
+[[limit]]
+from = "bench-a"
+to = "bench-b"
+packets_per_second = 100_000_000
+"#;
+
 struct Args {
     up: bool,
     ns_a: String,
@@ -64,6 +87,8 @@ struct Args {
     workers: u16,
     engine: Engine,
     offloads: bool,
+    limits: bool,
+    telemetry: Option<u32>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -78,6 +103,8 @@ fn args() -> anyhow::Result<Args> {
             .unwrap_or(1),
         engine: Engine::default(),
         offloads: true,
+        limits: false,
+        telemetry: None,
     };
     if cmd != "up" && cmd != "down" {
         bail!("unknown command {cmd:?}: use up or down");
@@ -97,6 +124,8 @@ fn args() -> anyhow::Result<Args> {
                     .with_context(|| format!("unknown engine {e:?}"))?;
             }
             "--no-offloads" => a.offloads = false,
+            "--limits" => a.limits = true,
+            "--telemetry" => a.telemetry = Some(value()?.parse()?),
             _ => bail!("unknown flag {flag:?}"),
         }
     }
@@ -147,8 +176,13 @@ fn main() -> anyhow::Result<()> {
     signals.add(nix::sys::signal::Signal::SIGTERM);
     signals.add(nix::sys::signal::Signal::SIGINT);
     signals.thread_block()?;
+    let text = if a.limits {
+        format!("{POLICY}{LIMITS}")
+    } else {
+        POLICY.to_owned()
+    };
     let policy =
-        warden_policy::parse(POLICY, "bench-policy.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+        warden_policy::parse(&text, "bench-policy.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = DataplaneConfig {
         tun: "wbench".into(),
         mtu: 1420,
@@ -181,7 +215,23 @@ fn main() -> anyhow::Result<()> {
         ip(ns, &["addr", "add", local, "dev", "wbench"])?;
         ip(ns, &["route", "add", remote, "dev", "wbench"])?;
         eprintln!("{id}: data plane up in {ns} (offloads: {})", io.offloads());
-        nodes.push((tunnel, io));
+        let telemetry = match a.telemetry {
+            Some(sampling) => Some(warden::telemetry::Telemetry::start(
+                &warden::config::TelemetryConfig {
+                    sampling,
+                    max_flows: 65_536,
+                    idle_timeout: std::time::Duration::from_secs(15),
+                    active_timeout: std::time::Duration::from_secs(60),
+                    ipfix: Some("127.0.0.1:4739".into()),
+                    ocsf_file: Some(a.state.join(format!("{id}-flows.ocsf.jsonl"))),
+                    ocsf_max_bytes: 64 << 20,
+                },
+                id,
+                Arc::clone(&tunnel),
+            )?),
+            None => None,
+        };
+        nodes.push((tunnel, io, telemetry));
     }
     // Key both directions as the control channel would (a fixed channel secret: a benchmark).
     let secret = [0x42; 32];
@@ -191,6 +241,12 @@ fn main() -> anyhow::Result<()> {
             .collect()
     };
     let (ta, tb) = (&nodes[0].0, &nodes[1].0);
+    eprintln!(
+        "limits: {}, telemetry: {}",
+        a.limits,
+        a.telemetry
+            .map_or("off".to_owned(), |n| format!("one packet in {n}"))
+    );
     let ab = tb.add_inbound("node-a", "bench", 1, key("node-a", "node-b"))?;
     ta.set_outbound(
         "node-b",
@@ -211,8 +267,11 @@ fn main() -> anyhow::Result<()> {
     )?;
     eprintln!("keyed; waiting for SIGTERM");
     let _ = signals.wait()?;
-    for (_, io) in &nodes {
+    for (_, io, telemetry) in &nodes {
         io.stop();
+        if let Some(t) = telemetry {
+            t.stop();
+        }
     }
     let _ = std::fs::remove_file(&pidfile);
     Ok(())
