@@ -24,6 +24,8 @@
 //! acme keeps at least `MIN_THROUGHPUT_SHARE` of the reference's throughput, its ping p99
 //! stays within `MAX_P99_FACTOR` times the reference's plus `P99_SLACK`, and it loses at most
 //! 1% of its pings. Measured here: 0.90-0.99 of the reference's throughput, p99 no higher.
+//! It runs alone (.config/nextest.toml): another test on the same two cores would be measured
+//! with it.
 //!
 //! The test fails without the limit: `GOV_NO_LIMIT=1` runs it with no `[[limit]]` for globex,
 //! and acme then gets about 1 Mbit/s, a p99 near 20 ms and loses a third of its pings, while
@@ -62,7 +64,7 @@ const NOWHERE: &str = "192.0.2.99";
 /// globex's datagram size.
 const DATAGRAM: u32 = 1300;
 /// The bound.
-const MIN_THROUGHPUT_SHARE: f64 = 0.8;
+const MIN_THROUGHPUT_SHARE: f64 = 0.75;
 const MAX_P99_FACTOR: f64 = 2.0;
 const P99_SLACK: Duration = Duration::from_millis(1);
 const IPERF_SECONDS: u32 = 3;
