@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The cost of traffic governance on the tunnel (root): Warden's two-node tunnel
+# The cost of traffic governance on the data path: per packet on one core (criterion,
+# enforcer/benches/governance.rs: Snapshot::egress with each configuration), then on the
+# whole tunnel (root): Warden's two-node tunnel
 # (examples/bench_cluster.rs through bench/tunnel.sh, iperf3 TCP 1 and 4 streams, ping), with
 # limits and flow telemetry off, and the same run with each on:
 #   off                 no limits, no telemetry (the reference, measured in the same run)
@@ -15,6 +17,23 @@ cd "$(dirname "$0")/.."
 export DURATION=${DURATION:-10} PINGS=${PINGS:-500}
 rounds=${ROUNDS:-2}
 samplings=${SAMPLINGS:-1 100}
+
+# Per packet, on one core: Snapshot::egress with each configuration (criterion).
+if [[ -z ${REUSE_CRITERION:-} ]]; then   # REUSE_CRITERION=1: report the last criterion run
+    echo "running the per-packet benchmark (enforcer/benches/governance.rs)..." >&2
+    cargo bench -q -p warden-enforcer --bench governance -- --noplot >/dev/null 2>&1
+fi
+python3 - <<'PY'
+import json
+names = ["off", "limits", "telemetry-1", "telemetry-100", "limits+telemetry-1"]
+ns = {n: json.load(open(f"target/criterion/egress/{n}/new/estimates.json"))["median"]["point_estimate"] for n in names}
+print("| egress of a 1420-byte packet (classify, limits, flow record, seal) | ns per packet (median) | vs off |")
+print("| --- | ---: | ---: |")
+for n in names:
+    rel = "reference" if n == "off" else f"{100 * (ns[n] / ns['off'] - 1):+.1f} %"
+    print(f"| {n} | {ns[n]:.0f} | {rel} |")
+print()
+PY
 
 echo "building examples/bench_cluster (release)..." >&2
 cargo build -q --release -p warden --example bench_cluster
