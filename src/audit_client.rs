@@ -9,6 +9,7 @@ use warden_audit::checkpoint::{Checkpoint, NoteVerifier};
 use warden_audit::merkle::{self, RootBuilder};
 
 use crate::audit_api::{EntriesResponse, ProofResponse, MAX_PAGE};
+use crate::client::get_text;
 
 /// What `verify` established.
 #[derive(Debug)]
@@ -18,23 +19,6 @@ pub struct Verified {
     pub extends: Option<u64>,
     /// Entries checked: all of them (operator) or the caller's own with inclusion proofs.
     pub entries_checked: u64,
-}
-
-async fn get_text(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
-    let resp = http
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    if !status.is_success() {
-        bail!(
-            "{url}: {status}: {}",
-            text.chars().take(300).collect::<String>()
-        );
-    }
-    Ok(text)
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(

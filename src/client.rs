@@ -229,3 +229,26 @@ pub async fn capture_reference(
         .map_err(|r| anyhow::anyhow!("the appliance's own evidence does not verify: {r}"))?;
     Ok(reference)
 }
+
+/// `GET url` and the body of a 2xx answer; any other answer is an error that carries the
+/// server's `error` message (or the start of its body).
+pub async fn get_text(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    if !status.is_success() {
+        let why = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| text.chars().take(300).collect());
+        bail!("{url}: {status}: {why}");
+    }
+    Ok(text)
+}

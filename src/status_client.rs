@@ -14,23 +14,7 @@ const KEY: usize = 15;
 /// Fetch `GET /v1/status` and print it; an error says why the call failed.
 pub async fn status(http: &reqwest::Client, base: &str, json: bool) -> anyhow::Result<ExitCode> {
     let url = format!("{base}/v1/status");
-    let resp = http
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("calling {url}"))?;
-    let code = resp.status();
-    let text = resp
-        .text()
-        .await
-        .with_context(|| format!("reading {url}"))?;
-    if !code.is_success() {
-        let why = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or(text);
-        anyhow::bail!("{url}: {code}: {why}");
-    }
+    let text = crate::client::get_text(http, &url).await?;
     let status: Status = serde_json::from_str(&text)
         .with_context(|| format!("{url}: the answer is not a status"))?;
     if json {

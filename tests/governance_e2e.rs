@@ -73,61 +73,31 @@ const PINGS: u32 = 200;
 const ROUNDS: usize = 3;
 
 fn policy(version: u64, limits: &str, ref_a: &toml::Table, ref_b: &toml::Table) -> String {
-    let document = format!(
-        r#"
-version = {version}
-[[node]]
-id = "node-a"
-address = "198.51.100.1"
-[[node]]
-id = "node-b"
-address = "198.51.100.2"
-[[tenant]]
-id = "acme"
-[[tenant]]
-id = "globex"
-[[segment]]
-name = "acme-a"
-tenant = "acme"
-cidrs = ["203.0.113.0/28"]
-node = "node-a"
-[[segment]]
-name = "acme-b"
-tenant = "acme"
-cidrs = ["203.0.113.16/28"]
-node = "node-b"
-[[segment]]
-name = "globex-a"
-tenant = "globex"
-cidrs = ["203.0.113.32/28"]
-node = "node-a"
-[[segment]]
-name = "globex-b"
-tenant = "globex"
-cidrs = ["203.0.113.48/28"]
-node = "node-b"
+    let rules = r#"
 [[rule]]
 from = "acme-a"
 to = "acme-b"
 proto = "tcp"
 ports = [5201]
+
 [[rule]]
 from = "acme-a"
 to = "acme-b"
 proto = "icmp"
+
 [[rule]]
 from = "globex-a"
 to = "globex-b"
 proto = "tcp"
 ports = [5202]
+
 [[rule]]
 from = "globex-a"
 to = "globex-b"
 proto = "udp"
 ports = [5202]
-{limits}
-"#
-    );
+"#;
+    let document = cluster::two_tenant_policy(version, &format!("{rules}\n{limits}"));
     cluster::with_references(&document, [ref_a, ref_b])
 }
 

@@ -29,48 +29,20 @@ const GLOBEX_B: &str = "203.0.113.49";
 const WORKERS: usize = 2;
 const IPFIX_PORT: u16 = 4739;
 
-const POLICY: &str = r#"
-version = 1
-[[node]]
-id = "node-a"
-address = "198.51.100.1"
-[[node]]
-id = "node-b"
-address = "198.51.100.2"
-[[tenant]]
-id = "acme"
-[[tenant]]
-id = "globex"
-[[segment]]
-name = "acme-a"
-tenant = "acme"
-cidrs = ["203.0.113.0/28"]
-node = "node-a"
-[[segment]]
-name = "acme-b"
-tenant = "acme"
-cidrs = ["203.0.113.16/28"]
-node = "node-b"
-[[segment]]
-name = "globex-a"
-tenant = "globex"
-cidrs = ["203.0.113.32/28"]
-node = "node-a"
-[[segment]]
-name = "globex-b"
-tenant = "globex"
-cidrs = ["203.0.113.48/28"]
-node = "node-b"
+/// acme's TCP to its own segment, globex's UDP, and a packet limit on globex.
+const RULES: &str = r#"
 [[rule]]
 from = "acme-a"
 to = "acme-b"
 proto = "tcp"
 ports = [5001]
+
 [[rule]]
 from = "globex-a"
 to = "globex-b"
 proto = "udp"
 ports = [5002]
+
 [[limit]]
 tenant = "globex"
 packets_per_second = 20
@@ -144,7 +116,8 @@ fn flows_are_exported_as_ipfix_and_ocsf_with_their_verdicts() {
         c.a.put_tenant_key(tenant, &key, &ref_a).unwrap();
         c.b.put_tenant_key(tenant, &key, &ref_b).unwrap();
     }
-    let document = cluster::with_references(POLICY, [&ref_a, &ref_b]);
+    let document =
+        cluster::with_references(&cluster::two_tenant_policy(1, RULES), [&ref_a, &ref_b]);
     c.a.apply_policy(&document).unwrap();
     c.b.apply_policy(&document).unwrap();
     c.wait_keyed(&["acme", "globex"], WORKERS, 60)

@@ -308,23 +308,7 @@ pub async fn run(
     use std::io::IsTerminal as _;
     let url = format!("{base}/v1/telemetry/top?flows={}", flows.min(MAX_FLOWS));
     let fetch = || async {
-        let resp = http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("calling {url}"))?;
-        let code = resp.status();
-        let text = resp
-            .text()
-            .await
-            .with_context(|| format!("reading {url}"))?;
-        if !code.is_success() {
-            let why = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or(text);
-            anyhow::bail!("{url}: {code}: {why}");
-        }
+        let text = crate::client::get_text(http, &url).await?;
         serde_json::from_str::<Top>(&text).with_context(|| format!("{url}: not a top answer"))
     };
     if json {

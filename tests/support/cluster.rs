@@ -139,6 +139,35 @@ pub fn keys_section(dir: &Path) -> String {
     )
 }
 
+/// A policy for two tenants on the two nodes: node-a (198.51.100.1) and node-b
+/// (198.51.100.2), tenants acme and globex with a /28 on each node (acme-a 203.0.113.0/28,
+/// acme-b .16/28, globex-a .32/28, globex-b .48/28), then `rest` (rules, limits, `[wire]`).
+pub fn two_tenant_policy(version: u64, rest: &str) -> String {
+    let mut doc = format!(
+        "version = {version}\n\n[[node]]\nid = \"node-a\"\naddress = \"198.51.100.1\"\n\n\
+         [[node]]\nid = \"node-b\"\naddress = \"198.51.100.2\"\n\n\
+         [[tenant]]\nid = \"acme\"\n\n[[tenant]]\nid = \"globex\"\n"
+    );
+    for (i, (tenant, node)) in [
+        ("acme", "a"),
+        ("acme", "b"),
+        ("globex", "a"),
+        ("globex", "b"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        doc.push_str(&format!(
+            "\n[[segment]]\nname = \"{tenant}-{node}\"\ntenant = \"{tenant}\"\n\
+             cidrs = [\"203.0.113.{}/28\"]\nnode = \"node-{node}\"\n",
+            16 * i
+        ));
+    }
+    doc.push('\n');
+    doc.push_str(rest);
+    doc
+}
+
 /// A policy document (TOML, its nodes in order node-a, node-b) with each node's captured
 /// reference values inserted as `[node.reference]`.
 pub fn with_references(document: &str, refs: [&toml::Table; 2]) -> String {
