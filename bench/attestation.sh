@@ -26,15 +26,14 @@ openssl_verify_per_s() { # ecdsap256 | rsa2048 → verifies/s
 }
 
 # tpm2_quote on its own swtpm: mean wall time per quote over N runs (includes process start).
-tpm2_tools_quote_ms() { # ecc | rsa
-    local dir port
+tpm2_tools_quote_ms() ( # ecc | rsa; a subshell, so its EXIT trap stops swtpm on every way out
     dir=$(mktemp -d)
     port=$((20000 + RANDOM % 20000))
     swtpm socket --tpm2 --tpmstate dir="$dir" --server type=tcp,port=$port,bindaddr=127.0.0.1 \
         --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 --flags not-need-init,startup-clear \
         >/dev/null 2>&1 &
-    local pid=$!
-    trap 'kill $pid 2>/dev/null; rm -rf "$dir"' RETURN
+    pid=$!
+    trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
     sleep 0.5
     local T="swtpm:host=127.0.0.1,port=$port" G s
     if [[ $1 == ecc ]]; then G=ecc; s=ecdsa; else G=rsa; s=rsassa; fi
@@ -50,11 +49,11 @@ tpm2_tools_quote_ms() { # ecc | rsa
     for ((i = 0; i < n; i++)); do
         tpm2_quote -T "$T" -c 0x81010003 -l sha256:0,1,2,3,4,5,6,7,15 \
             -q 0123456789abcdef0123456789abcdef -m "$dir/q.msg" -s "$dir/q.sig" -o "$dir/q.pcrs" \
-            >/dev/null || { echo "tpm2_quote failed" >&2; return 1; }
+            >/dev/null || { echo "tpm2_quote failed" >&2; exit 1; }
     done
     t1=$(date +%s%N)
     python3 -c "print(($t1 - $t0) / $n / 1e6)"
-}
+)
 
 ecc_ns=$(median_ns verify/ecc)
 rsa_ns=$(median_ns verify/rsa)

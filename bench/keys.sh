@@ -28,15 +28,14 @@ openssl_x25519_per_s() {
 
 # tpm2-tools on its own swtpm: mean wall time per seal (tpm2_create of a sealed object under a
 # persistent SRK) and per unseal (tpm2_load, tpm2_unseal, flush), N runs each. Prints "seal unseal" in ms.
-tpm2_tools_seal_ms() {
-    local dir port
+tpm2_tools_seal_ms() ( # a subshell: its EXIT trap stops swtpm on every way out
     dir=$(mktemp -d)
     port=$((20000 + RANDOM % 20000))
     swtpm socket --tpm2 --tpmstate dir="$dir" --server type=tcp,port=$port,bindaddr=127.0.0.1 \
         --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 --flags not-need-init,startup-clear \
         >/dev/null 2>&1 &
-    local pid=$!
-    trap 'kill $pid 2>/dev/null; rm -rf "$dir"' RETURN
+    pid=$!
+    trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
     sleep 0.5
     local T="swtpm:host=127.0.0.1,port=$port"
     printf '0123456789abcdef0123456789abcdef' >"$dir/secret"
@@ -47,18 +46,18 @@ tpm2_tools_seal_ms() {
     t0=$(date +%s%N)
     for ((i = 0; i < n; i++)); do
         tpm2_create -T "$T" -C 0x81000001 -i "$dir/secret" -u "$dir/s.pub" -r "$dir/s.priv" \
-            >/dev/null || { echo "tpm2_create failed" >&2; return 1; }
+            >/dev/null || { echo "tpm2_create failed" >&2; exit 1; }
     done
     t1=$(date +%s%N)
     for ((i = 0; i < n; i++)); do
         tpm2_load -T "$T" -C 0x81000001 -u "$dir/s.pub" -r "$dir/s.priv" -c "$dir/s.ctx" >/dev/null
         tpm2_unseal -T "$T" -c "$dir/s.ctx" -o "$dir/out" >/dev/null
         tpm2_flushcontext -T "$T" -t
-        cmp -s "$dir/out" "$dir/secret" || { echo "tpm2_unseal gave other bytes" >&2; return 1; }
+        cmp -s "$dir/out" "$dir/secret" || { echo "tpm2_unseal gave other bytes" >&2; exit 1; }
     done
     t2=$(date +%s%N)
     python3 -c "print(($t1 - $t0) / $n / 1e6, ($t2 - $t1) / $n / 1e6)"
-}
+)
 
 wrap_ns=$(median_ns envelope/wrap)
 open_ns=$(median_ns envelope/parse+open)
