@@ -408,11 +408,8 @@ pub(crate) fn limits(
                 OverLimit::Drop
             }
         };
-        if bits.is_none()
-            && packets.is_none()
-            && connections.is_none()
-            && guaranteed_bits.is_none()
-            && l.bits_per_second.is_none()
+        // A rate that was written but refused has been reported already.
+        if l.bits_per_second.is_none()
             && l.packets_per_second.is_none()
             && l.new_connections_per_second.is_none()
             && l.guaranteed_bits_per_second.is_none()

@@ -13,7 +13,7 @@ use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use warden_enforcer::tunnel::flows::{FlowRecord, FlowSettings, FlowTables};
 use warden_enforcer::tunnel::{Direction, Tunnel};
@@ -57,10 +57,9 @@ fn wall_ms(at: Instant, now: Instant, wall_now_ms: u64) -> u64 {
     )
 }
 
+/// Unix milliseconds now (the audit log's clock, unsigned).
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    u64::try_from(crate::audit::now_ms()).unwrap_or(0)
 }
 
 /// Names and wall-clock times for `records`.

@@ -46,10 +46,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn is_allowed(self) -> bool {
-        self == Outcome::Allowed
-    }
-
     /// The drop reason, if dropped (`Drop::as_str`).
     pub fn reason(self) -> Option<&'static str> {
         match self {
@@ -138,10 +134,6 @@ impl FlowTables {
             tables: (0..n).map(|_| Mutex::new(Table::default())).collect(),
             lost: AtomicU64::new(0),
         }
-    }
-
-    pub fn settings(&self) -> FlowSettings {
-        self.settings
     }
 
     /// Whether this packet of `worker` is sampled.

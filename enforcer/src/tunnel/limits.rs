@@ -143,6 +143,15 @@ struct Buckets {
     action: OverLimit,
 }
 
+/// A budget of `bits_per_second` in bytes, with a burst of 10 ms of it (at least 64 KiB): the
+/// wire's budget and a guarantee's.
+fn budget(bits_per_second: u64) -> Rate {
+    Rate {
+        per_second: (bits_per_second / 8).max(1),
+        burst: (bits_per_second / 800).max(64 << 10),
+    }
+}
+
 impl Buckets {
     fn new(l: &warden_policy::Limit) -> Buckets {
         let bytes = |r: Rate| Rate {
@@ -153,13 +162,7 @@ impl Buckets {
             packets: l.packets.map(Bucket::new),
             bytes: l.bits.map(|r| Bucket::new(bytes(r))),
             connections: l.connections.map(Bucket::new),
-            committed: l.guaranteed_bits.map(|g| {
-                Bucket::new(Rate {
-                    per_second: (g / 8).max(1),
-                    // A guarantee's burst: 10 ms of it, at least 64 KiB.
-                    burst: (g / 800).max(64 << 10),
-                })
-            }),
+            committed: l.guaranteed_bits.map(|g| Bucket::new(budget(g))),
             action: l.action,
         }
     }
@@ -188,12 +191,14 @@ impl Buckets {
 }
 
 /// The limits of one policy, by tenant and by segment pair, and the wire bucket.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Limiter {
     by_tenant: Vec<Option<Buckets>>,
     by_pair: HashMap<(usize, usize), Buckets>,
     /// In bytes, at the wire's rate.
     wire: Option<Bucket>,
+    /// No limit at all: the data path skips the limiter (decided once, not per packet).
+    empty: bool,
 }
 
 impl Limiter {
@@ -212,21 +217,20 @@ impl Limiter {
                 }
             }
         }
+        let wire = policy
+            .wire_bits_per_second
+            .map(|bps| Bucket::new(budget(bps)));
         Limiter {
+            empty: wire.is_none() && by_pair.is_empty() && by_tenant.iter().all(Option::is_none),
             by_tenant,
             by_pair,
-            wire: policy.wire_bits_per_second.map(|bps| {
-                Bucket::new(Rate {
-                    per_second: (bps / 8).max(1),
-                    burst: (bps / 800).max(64 << 10),
-                })
-            }),
+            wire,
         }
     }
 
     /// Whether any limit exists (so the data path can skip the rest).
     pub fn is_empty(&self) -> bool {
-        self.wire.is_none() && self.by_pair.is_empty() && self.by_tenant.iter().all(Option::is_none)
+        self.empty
     }
 
     /// Decide for one packet of `bytes` from `tenant`, segment `src` to segment `dst`, at
