@@ -1086,6 +1086,31 @@ struct RawPeering {
 }
 
 impl Validator<'_> {
+    /// A duration in seconds within `min..=max`, `default` when absent; with the span of the
+    /// value when it was written.
+    fn seconds(
+        &self,
+        key: &str,
+        value: Option<Spanned<f64>>,
+        default: f64,
+        min: f64,
+        max: f64,
+    ) -> Result<(std::time::Duration, Option<Range<usize>>), ConfigError> {
+        let Some(v) = value else {
+            return Ok((std::time::Duration::from_secs_f64(default), None));
+        };
+        let span = v.span();
+        let secs = v.into_inner();
+        if !(secs.is_finite() && (min..=max).contains(&secs)) {
+            return Err(self.invalid(
+                key,
+                Some(span),
+                format!("{secs} s is out of range: use {min}..={max} seconds"),
+            ));
+        }
+        Ok((std::time::Duration::from_secs_f64(secs), Some(span)))
+    }
+
     fn peering(&self, raw: RawPeering) -> Result<PeeringConfig, ConfigError> {
         let listen = match raw.listen {
             Some(l) => l,
@@ -1154,55 +1179,35 @@ impl Validator<'_> {
             }
             peers.insert(node, parsed);
         }
-        let seconds = |key: &str,
-                       value: Option<Spanned<f64>>,
-                       default: f64,
-                       min: f64,
-                       max: f64|
-         -> Result<(std::time::Duration, Option<Range<usize>>), ConfigError> {
-            let Some(v) = value else {
-                return Ok((std::time::Duration::from_secs_f64(default), None));
-            };
-            let span = v.span();
-            let secs = v.into_inner();
-            if !(secs.is_finite() && (min..=max).contains(&secs)) {
-                return Err(self.invalid(
-                    key,
-                    Some(span),
-                    format!("{secs} s is out of range: use {min}..={max} seconds"),
-                ));
-            }
-            Ok((std::time::Duration::from_secs_f64(secs), Some(span)))
-        };
-        let (rekey_interval, _) = seconds(
+        let (rekey_interval, _) = self.seconds(
             "peering.rekey_interval",
             raw.rekey_interval,
             DEFAULT_REKEY_INTERVAL_SECS,
             0.1,
             86_400.0,
         )?;
-        let (grace, grace_span) = seconds(
+        let (grace, grace_span) = self.seconds(
             "peering.grace",
             raw.grace,
             DEFAULT_REKEY_GRACE_SECS,
             0.0,
             600.0,
         )?;
-        let (reattest_interval, _) = seconds(
+        let (reattest_interval, _) = self.seconds(
             "peering.reattest_interval",
             raw.reattest_interval,
             DEFAULT_REATTEST_INTERVAL_SECS,
             1.0,
             86_400.0,
         )?;
-        let (keepalive, keepalive_span) = seconds(
+        let (keepalive, keepalive_span) = self.seconds(
             "peering.keepalive",
             raw.keepalive,
             DEFAULT_KEEPALIVE_SECS,
             0.1,
             3600.0,
         )?;
-        let (peer_timeout, _) = seconds(
+        let (peer_timeout, _) = self.seconds(
             "peering.peer_timeout",
             raw.peer_timeout,
             DEFAULT_PEER_TIMEOUT_SECS,
@@ -1929,6 +1934,61 @@ ca = "tls/collector-ca.crt"
             assert_names(&msg, key);
             assert!(msg.contains(needle), "{line}: {msg}");
         }
+    }
+
+    #[test]
+    fn telemetry_defaults_and_values() {
+        let dp = "[dataplane]\ntun = \"warden0\"\n";
+        let c = parse(&format!("{MINIMAL}{dp}[telemetry]\n")).unwrap();
+        let t = c.telemetry.unwrap();
+        assert_eq!(t.sampling, 1);
+        assert_eq!(t.idle_timeout, std::time::Duration::from_secs(15));
+        assert_eq!(t.ipfix, None);
+        assert!(t.ocsf_file.unwrap().ends_with("telemetry/flows.ocsf.jsonl"));
+        let c = parse(&format!(
+            "{MINIMAL}{dp}[telemetry]\nsampling = 100\nipfix = \"[2001:db8::9]:4739\"\nocsf = false\n"
+        ))
+        .unwrap();
+        let t = c.telemetry.unwrap();
+        assert_eq!((t.sampling, t.ocsf_file), (100, None));
+        assert_eq!(t.ipfix.as_deref(), Some("[2001:db8::9]:4739"));
+    }
+
+    #[test]
+    fn telemetry_values_are_checked() {
+        let dp = "[dataplane]\ntun = \"warden0\"\n";
+        for (line, key, needle) in [
+            ("sampling = 0", "telemetry.sampling", "out of range"),
+            ("max_flows = 0", "telemetry.max_flows", "out of range"),
+            (
+                "idle_timeout = 0.5",
+                "telemetry.idle_timeout",
+                "out of range",
+            ),
+            (
+                "active_timeout = 100000",
+                "telemetry.active_timeout",
+                "out of range",
+            ),
+            ("ipfix = \"collector\"", "telemetry.ipfix", "not host:port"),
+            (
+                "ipfix = \"c.example:0\"",
+                "telemetry.ipfix",
+                "not host:port",
+            ),
+            (
+                "ocsf_max_bytes = 10",
+                "telemetry.ocsf_max_bytes",
+                "at least 4096",
+            ),
+        ] {
+            let msg = error(&format!("{MINIMAL}{dp}[telemetry]\n{line}\n"));
+            assert_names(&msg, key);
+            assert!(msg.contains(needle), "{line}: {msg}");
+        }
+        // Without a data plane there are no flows to record.
+        let msg = error(&format!("{MINIMAL}[telemetry]\n"));
+        assert!(msg.contains("needs [dataplane]"), "{msg}");
     }
 
     #[test]

@@ -85,30 +85,18 @@ impl Validator<'_> {
                 ))
             }
         };
-        let seconds = |key: &str, v: Option<Spanned<f64>>, default: f64, max: f64| {
-            let Some(v) = v else {
-                return Ok(Duration::from_secs_f64(default));
-            };
-            let secs = *v.get_ref();
-            if !(secs.is_finite() && (1.0..=max).contains(&secs)) {
-                return Err(self.invalid(
-                    key,
-                    Some(v.span()),
-                    format!("{secs} s is out of range: use 1..={max} seconds"),
-                ));
-            }
-            Ok(Duration::from_secs_f64(secs))
-        };
-        let idle_timeout = seconds(
+        let (idle_timeout, _) = self.seconds(
             "telemetry.idle_timeout",
             raw.idle_timeout,
             DEFAULT_IDLE_TIMEOUT_SECS,
+            1.0,
             3600.0,
         )?;
-        let active_timeout = seconds(
+        let (active_timeout, _) = self.seconds(
             "telemetry.active_timeout",
             raw.active_timeout,
             DEFAULT_ACTIVE_TIMEOUT_SECS,
+            1.0,
             86_400.0,
         )?;
         let ipfix = match raw.ipfix {
