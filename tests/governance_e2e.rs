@@ -72,8 +72,8 @@ const PINGS: u32 = 200;
 /// Alternating rounds of the reference and the real flood; figures are medians.
 const ROUNDS: usize = 3;
 
-fn policy(version: u64, limits: &str, ref_a: &toml::Table, ref_b: &toml::Table) -> String {
-    let rules = r#"
+/// acme's iperf3 (TCP 5201) and ping, globex's flood (UDP 5202, and iperf3's TCP control).
+const RULES: &str = r#"
 [[rule]]
 from = "acme-a"
 to = "acme-b"
@@ -97,9 +97,6 @@ to = "globex-b"
 proto = "udp"
 ports = [5202]
 "#;
-    let document = cluster::two_tenant_policy(version, &format!("{rules}\n{limits}"));
-    cluster::with_references(&document, [ref_a, ref_b])
-}
 
 /// A process killed on drop.
 struct Proc(Child);
@@ -381,23 +378,12 @@ fn a_flooding_tenant_is_held_to_its_limit_and_the_other_keeps_its_throughput_and
         globex_a: workload(&c.a.ns, "globex", GLOBEX_A),
         globex_b: workload(&c.b.ns, "globex", GLOBEX_B),
     };
-    let ref_a = c.a.capture_reference();
-    let ref_b = c.b.capture_reference();
-    for tenant in ["acme", "globex"] {
-        let key = [tenant.len() as u8; 32];
-        c.a.put_tenant_key(tenant, &key, &ref_a).unwrap();
-        c.b.put_tenant_key(tenant, &key, &ref_b).unwrap();
-    }
     let limited = if std::env::var_os("GOV_NO_LIMIT").is_some() {
         String::new()
     } else {
         format!("[[limit]]\ntenant = \"globex\"\nbits_per_second = \"{GLOBEX_LIMIT_MBIT}M\"\n")
     };
-    let document = policy(1, &limited, &ref_a, &ref_b);
-    c.a.apply_policy(&document).unwrap();
-    c.b.apply_policy(&document).unwrap();
-    c.wait_keyed(&["acme", "globex"], WORKERS, 60)
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.provision_two_tenants(1, &format!("{RULES}\n{limited}"), WORKERS);
 
     let throughput = acme_throughput(&w);
     let (p99, answered) = acme_p99(&w);

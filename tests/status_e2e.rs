@@ -320,6 +320,14 @@ async fn status_and_metrics_show_every_subsystem_to_operators_only() {
     assert_eq!(code, 403, "{body}");
     let (code, body) = get(&node, "/v1/status", None).await;
     assert_eq!(code, 401, "{body}");
+    // wardctl top's route likewise; this node has no data plane, so there is nothing to show.
+    let (code, body) = get(&node, "/v1/telemetry/top", Some(&acme)).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = get(&node, "/v1/telemetry/top", None).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = get(&node, "/v1/telemetry/top", Some(&op)).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("no data plane"), "{body}");
     let o = wardctl_as(&node, &acme, &["status"]);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(

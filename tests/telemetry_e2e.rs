@@ -109,19 +109,7 @@ fn flows_are_exported_as_ipfix_and_ocsf_with_their_verdicts() {
         a: SiteLayout::new(&[ACME_A, GLOBEX_A], &["203.0.113.16/28", "203.0.113.48/28"]),
         b: SiteLayout::new(&[ACME_B, GLOBEX_B], &["203.0.113.0/28", "203.0.113.32/28"]),
     });
-    let ref_a = c.a.capture_reference();
-    let ref_b = c.b.capture_reference();
-    for tenant in ["acme", "globex"] {
-        let key = [tenant.len() as u8; 32];
-        c.a.put_tenant_key(tenant, &key, &ref_a).unwrap();
-        c.b.put_tenant_key(tenant, &key, &ref_b).unwrap();
-    }
-    let document =
-        cluster::with_references(&cluster::two_tenant_policy(1, RULES), [&ref_a, &ref_b]);
-    c.a.apply_policy(&document).unwrap();
-    c.b.apply_policy(&document).unwrap();
-    c.wait_keyed(&["acme", "globex"], WORKERS, 60)
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.provision_two_tenants(1, RULES, WORKERS);
 
     let capture = Capture::start_on(&c.a.ns, "lo", &["udp", "port", &IPFIX_PORT.to_string()]);
     // Allowed: 1 MiB of acme's.

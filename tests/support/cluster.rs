@@ -493,6 +493,24 @@ impl Cluster {
         Ok(t.elapsed())
     }
 
+    /// acme and globex on both nodes, as [`two_tenant_policy`] lays them out: each tenant's
+    /// east-west key put on both nodes, the policy of `version` with `rest` (rules, limits)
+    /// and the captured reference values applied on both, and both tenants keyed.
+    pub fn provision_two_tenants(&self, version: u64, rest: &str, workers: usize) {
+        let ref_a = self.a.capture_reference();
+        let ref_b = self.b.capture_reference();
+        for tenant in ["acme", "globex"] {
+            let key = [tenant.len() as u8; 32];
+            self.a.put_tenant_key(tenant, &key, &ref_a).unwrap();
+            self.b.put_tenant_key(tenant, &key, &ref_b).unwrap();
+        }
+        let document = with_references(&two_tenant_policy(version, rest), [&ref_a, &ref_b]);
+        self.a.apply_policy(&document).unwrap();
+        self.b.apply_policy(&document).unwrap();
+        self.wait_keyed(&["acme", "globex"], workers, 60)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
     /// Wait until both sides attested each other (SAs or not).
     pub fn wait_attested(&self, secs: u64) -> Result<Duration, String> {
         let t = Instant::now();
